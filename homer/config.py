@@ -1,0 +1,126 @@
+"""HOMER's settings: a frozen, validated dataclass, and its resolution against a concrete model.
+
+`HomerConfig` holds what the user chooses (every size may be `None`, meaning "derive it from the
+model"). `HomerConfig.resolve` turns it into a `ResolvedConfig` with concrete integers for one
+model. Nothing here touches torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Reduction = Literal["paper", "spans"]
+BiasMode = Literal["calibrated"]
+
+#: The paper uses 12 warm-up layers for 32-layer Llama-2 models; deeper or shallower models keep
+#: the same fraction of their depth (rounded), see `default_warmup_layers`.
+PAPER_WARMUP_FRACTION = 12 / 32
+
+
+def default_warmup_layers(num_layers: int) -> int:
+    """Warm-up layers for a model of `num_layers`: the paper's 12/32 share of depth, rounded."""
+    return round(num_layers * PAPER_WARMUP_FRACTION)
+
+
+@dataclass(frozen=True)
+class HomerConfig:
+    """What the user chooses. `None` sizes are derived from the model by `resolve`.
+
+    Attributes:
+        max_chunk_len: tokens per leaf chunk, prefix and suffix included (`M`). Default: half the
+            model's native window.
+        target_len: tokens per layer in the final cache. Default: `max_chunk_len`. Must not
+            exceed `max_chunk_len` (a merged node never holds more than about `M` tokens).
+        warmup_layers: layers every leaf runs alone before any merge (`W`). Default: 12/32 of the
+            model's depth.
+        bias: `"calibrated"` subtracts the per-model, per-distance calibration bias from the
+            significance scores (the paper's rule); `None` uses raw logits (an ablation).
+        reduction: `"spans"` (default) keeps whole words and numbers by pooling significance over
+            each word's tokens; `"paper"` selects single tokens, as in the paper.
+    """
+
+    max_chunk_len: int | None = None
+    target_len: int | None = None
+    warmup_layers: int | None = None
+    bias: BiasMode | None = "calibrated"
+    reduction: Reduction = "spans"
+
+    def __post_init__(self) -> None:
+        for name in ("max_chunk_len", "target_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 8):
+                raise ValueError(f"{name} must be an integer >= 8 or None, got {value!r}")
+        if self.warmup_layers is not None and (
+            not isinstance(self.warmup_layers, int) or self.warmup_layers < 0
+        ):
+            raise ValueError(
+                f"warmup_layers must be an integer >= 0 or None, got {self.warmup_layers!r}"
+            )
+        if (
+            self.max_chunk_len is not None
+            and self.target_len is not None
+            and self.target_len > self.max_chunk_len
+        ):
+            raise ValueError(
+                f"target_len ({self.target_len}) cannot exceed max_chunk_len "
+                f"({self.max_chunk_len}): raise max_chunk_len or lower target_len"
+            )
+        if self.bias not in ("calibrated", None):
+            raise ValueError(f"bias must be 'calibrated' or None, got {self.bias!r}")
+        if self.reduction not in ("paper", "spans"):
+            raise ValueError(f"reduction must be 'paper' or 'spans', got {self.reduction!r}")
+
+    def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:
+        """Concrete sizes for a model with `num_layers` decoder layers and a `window`-token context.
+
+        Raises:
+            ValueError: a size does not fit the model (named in the message, with the fix).
+        """
+        max_chunk = self.max_chunk_len if self.max_chunk_len is not None else window // 2
+        if max_chunk > window:
+            raise ValueError(
+                f"max_chunk_len ({max_chunk}) exceeds the model's context window ({window}); "
+                f"use at most {window}"
+            )
+        target = self.target_len if self.target_len is not None else max_chunk
+        if target > max_chunk:
+            raise ValueError(
+                f"target_len ({target}) cannot exceed max_chunk_len ({max_chunk}): "
+                "raise max_chunk_len or lower target_len"
+            )
+        warmup = (
+            self.warmup_layers
+            if self.warmup_layers is not None
+            else default_warmup_layers(num_layers)
+        )
+        if warmup >= num_layers:
+            raise ValueError(
+                f"warmup_layers ({warmup}) must be smaller than the model's {num_layers} layers"
+            )
+        return ResolvedConfig(
+            max_chunk_len=max_chunk,
+            target_len=target,
+            warmup_layers=warmup,
+            num_layers=num_layers,
+            window=window,
+            bias=self.bias,
+            reduction=self.reduction,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """`HomerConfig` with every size made concrete for one model."""
+
+    max_chunk_len: int
+    target_len: int
+    warmup_layers: int
+    num_layers: int
+    window: int
+    bias: BiasMode | None
+    reduction: Reduction
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
