@@ -1,0 +1,236 @@
+"""The one module that touches transformers internals: driving a decoder's layers chunk by chunk.
+
+`ModelAdapter` finds a causal LM's embedding, rotary embedding, decoder layers, final norm and
+head, and runs any range of layers on a chunk with arbitrary (gappy, repeated) position ids. It
+captures what HOMER needs through a registered attention function (transformers'
+`AttentionInterface`), which sees exactly the post-RoPE queries, keys and values the model
+computes, whatever its architecture does before (q/k norms, scaling): the keys and values of
+every layer it runs, and the last token's query at chosen layers. It knows nothing of trees,
+pruning or prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from homer.errors import UnsupportedModelError
+
+#: `config.model_type` values homer drives. Each is a RoPE decoder whose decoder layers take
+#: `position_embeddings` and whose attention goes through `AttentionInterface`.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+_ATTENTION_NAME = "homer_capture"
+
+
+@dataclass
+class _Capture:
+    """What the capturing attention function records during one `run_layers` call."""
+
+    base: Callable[..., Any]
+    query_layers: frozenset[int]
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    scaling: dict[int, float] = field(default_factory=dict)
+
+
+_ACTIVE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar(
+    "homer_capture", default=None
+)
+
+
+def _capturing_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Records keys, values and (where asked) the last query row, then runs the real attention.
+
+    `query` is `(B, H, T, D)`; `key` and `value` are `(B, KV, T, D)`, post-RoPE, before any
+    grouped-query repetition: exactly what a kv-cache holds.
+    """
+    capture = _ACTIVE.get()
+    if capture is None:
+        raise RuntimeError("homer's capturing attention ran outside ModelAdapter.run_layers")
+    idx = int(module.layer_idx)  # type: ignore[arg-type]
+    capture.keys[idx] = key
+    capture.values[idx] = value
+    if idx in capture.query_layers:
+        capture.queries[idx] = query[0, :, -1, :]
+        capture.scaling[idx] = float(kwargs.get("scaling") or module.scaling)  # type: ignore[arg-type]
+    return capture.base(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+
+
+AttentionInterface.register(_ATTENTION_NAME, _capturing_attention)
+
+
+@dataclass
+class LayerRun:
+    """The result of running a range of layers on one chunk.
+
+    Attributes:
+        hidden: `(1, T, hidden)` output of the last layer run.
+        keys / values: one `(1, KV, T, D)` tensor per layer run, in order.
+        queries: layer index -> `(H, D)` post-RoPE query of the last token, for the layers asked.
+        scaling: layer index -> that layer's softmax scale.
+    """
+
+    hidden: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    queries: dict[int, torch.Tensor]
+    scaling: dict[int, float]
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter(decoder=True) if callable(getter) else config
+
+
+class ModelAdapter:
+    """Layer-by-layer access to a supported causal LM.
+
+    Raises:
+        UnsupportedModelError: the architecture is not one homer can drive.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = _text_config(model.config)
+        model_type = str(getattr(self.config, "model_type", "unknown"))
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+            raise UnsupportedModelError(
+                f"homer cannot drive the '{model_type}' architecture ({', '.join(architectures)}); "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if getattr(self.config, "sliding_window", None) and getattr(
+            self.config, "use_sliding_window", True
+        ):
+            window = int(self.config.sliding_window)
+            if window < int(self.config.max_position_embeddings):
+                raise UnsupportedModelError(
+                    f"'{model_type}' with sliding-window attention ({window} tokens) is not "
+                    "supported: HOMER's merged chunks reuse positions, which a sliding window "
+                    "cannot express"
+                )
+        self.model_type = model_type
+        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self.embed_tokens = base.embed_tokens
+        self.rotary_emb = base.rotary_emb
+        self.layers = base.layers
+        self.norm = base.norm
+        self.lm_head = model.get_output_embeddings()
+        self.attn_implementation = str(self.config._attn_implementation or "eager")
+
+    # -- facts --------------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def window(self) -> int:
+        """The native context window in tokens."""
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """`(T,)` ids -> `(1, T, hidden)` input embeddings (scaled where the model scales them)."""
+        return self.embed_tokens(token_ids.to(self.device).unsqueeze(0))  # type: ignore[no-any-return]
+
+    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)` for `(T,)` position ids, computed once and shared by all layers of a stage."""
+        cos, sin = self.rotary_emb(hidden, positions.to(hidden.device).unsqueeze(0))
+        return cos, sin
+
+    def _causal_mask(self, length: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        # SDPA and flash attention are causal on their own when queries and keys have the same
+        # length, as they do here (each stage runs on a fresh chunk, with no cache); eager
+        # attention adds whatever mask it gets, so it needs an explicit one.
+        if self.attn_implementation != "eager":
+            return None
+        blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+        mask = torch.zeros(length, length, dtype=hidden.dtype, device=hidden.device)
+        return mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+
+    def _base_attention(self) -> Callable[..., Any]:
+        if self.attn_implementation == "eager":
+            module = sys.modules[type(self.layers[0].self_attn).__module__]
+            return module.eager_attention_forward  # type: ignore[no-any-return]
+        return ALL_ATTENTION_FUNCTIONS[self.attn_implementation]  # type: ignore[no-any-return]
+
+    @contextlib.contextmanager
+    def _capturing(self, capture: _Capture) -> Iterator[None]:
+        """Route attention through `_capturing_attention` for the duration, then restore."""
+        token = _ACTIVE.set(capture)
+        previous = self.config._attn_implementation
+        self.config._attn_implementation = _ATTENTION_NAME
+        try:
+            yield
+        finally:
+            self.config._attn_implementation = previous
+            _ACTIVE.reset(token)
+
+    @torch.inference_mode()
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        layers: range,
+        query_layers: frozenset[int] = frozenset(),
+    ) -> LayerRun:
+        """Run decoder layers `layers` on one chunk, causally over its own tokens only.
+
+        Args:
+            hidden: `(1, T, hidden)` input of the first layer in `layers`.
+            position_embeddings: from `rotary` for this chunk's positions.
+            layers: consecutive layer indices.
+            query_layers: layers whose last-token query to record.
+        """
+        capture = _Capture(base=self._base_attention(), query_layers=query_layers)
+        mask = self._causal_mask(hidden.shape[1], hidden)
+        with self._capturing(capture):
+            for idx in layers:
+                out = self.layers[idx](
+                    hidden,
+                    attention_mask=mask,
+                    position_embeddings=position_embeddings,
+                    past_key_values=None,
+                    use_cache=False,
+                )
+                hidden = out[0] if isinstance(out, tuple) else out
+        return LayerRun(
+            hidden=hidden,
+            keys=[capture.keys[i] for i in layers],
+            values=[capture.values[i] for i in layers],
+            queries=capture.queries,
+            scaling=capture.scaling,
+        )
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(..., hidden)` last-layer output -> `(..., vocab)` float32 logits (norm, then head)."""
+        normed = self.norm(hidden)
+        return self.lm_head(normed.to(self.lm_head.weight.device)).float()  # type: ignore[no-any-return]

@@ -1,0 +1,230 @@
+"""The calibration bias: how large a last-token attention logit is, on average, at each distance.
+
+Raw attention logits favour recent tokens, so pruning by them would keep mostly each chunk's
+tail. HOMER subtracts, per layer and per distance, the mean significance (max over heads of the
+last token's pre-softmax logit) measured on ordinary text (ALGORITHM.md §4). homer measures it
+itself from prose bundled with the package, caches it per model fingerprint (RoPE scaling
+included), prompt and chunk size under `paths.calibration_dir()`, and never downloads anything.
+
+Two ways to measure, matching the two reduction rules:
+- `"plain"` (the paper): chunks of ordinary text, the last token an ordinary word.
+- `"template"`: chunks laid out exactly as compression lays them out (prefix + text + suffix),
+  so the last token is the suffix's, as when compressing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from homer.adapter import ModelAdapter
+from homer.chunking import leaf_positions
+from homer.config import HomerConfig, ResolvedConfig
+from homer.fingerprint import model_fingerprint, tokenizer_fingerprint
+from homer.paths import calibration_dir
+from homer.prompts import PromptTemplate, encode
+from homer.significance import last_query_logits
+
+logger = logging.getLogger(__name__)
+
+CalibrationMode = Literal["plain", "template"]
+FORMAT_VERSION = 1
+DEFAULT_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A per-layer, per-distance bias.
+
+    Attributes:
+        bias: `(num_layers, max_distance)` float32; `bias[l, d]` is the mean significance at layer
+            `l` of a token `d` positions before the last one.
+        mode: how it was measured (`"plain"` or `"template"`).
+        key: what it was measured for (model, tokenizer, prompt, chunk size); see `calibration_key`.
+    """
+
+    bias: torch.Tensor
+    mode: CalibrationMode
+    key: str
+
+    def layer(self, index: int) -> torch.Tensor:
+        return self.bias[index]
+
+
+def calibration_text() -> str:
+    """Ordinary English prose shipped with homer (public domain), comment lines removed."""
+    raw = (Path(__file__).parent / "data" / "calibration.txt").read_text(encoding="utf-8")
+    return "\n".join(line for line in raw.splitlines() if not line.startswith("#"))
+
+
+def calibration_key(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    resolved: ResolvedConfig,
+    mode: CalibrationMode,
+    samples: int,
+) -> str:
+    """A short hash of everything the bias depends on."""
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    parts = {
+        "model": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "mode": mode,
+        "max_chunk_len": resolved.max_chunk_len,
+        "samples": samples,
+        "prefix": template.prefix() if mode == "template" else "",
+        "suffix": template.suffix() if mode == "template" else "",
+        "version": FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _sample_sequences(
+    tokenizer: Any, resolved: ResolvedConfig, mode: CalibrationMode, samples: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`samples` (ids, positions) pairs laid out like compression chunks."""
+    text_ids = torch.tensor(encode(tokenizer, calibration_text()), dtype=torch.long)
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    if mode == "template":
+        prefix = encode(tokenizer, template.prefix())
+        if template.add_bos:
+            prefix = [tokenizer.bos_token_id, *prefix]
+        suffix = encode(tokenizer, template.suffix())
+    else:
+        prefix = [tokenizer.bos_token_id] if template.add_bos else []
+        suffix = []
+    span = resolved.max_chunk_len - len(prefix) - len(suffix)
+    if span < 2:
+        raise ValueError(f"max_chunk_len {resolved.max_chunk_len} is too small to calibrate")
+    # Repeat the text if a very large chunk needs more than it holds.
+    while text_ids.shape[0] < span + samples:
+        text_ids = torch.cat([text_ids, text_ids])
+    starts = torch.linspace(0, text_ids.shape[0] - span, samples).long().tolist()
+    out = []
+    for start in starts:
+        piece = text_ids[start : start + span]
+        ids = torch.cat([torch.tensor(prefix, dtype=torch.long), piece, torch.tensor(suffix, dtype=torch.long)])
+        out.append((ids, leaf_positions(len(prefix), span, len(suffix), span)))
+    return out
+
+
+def smooth_by_distance(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean per distance, averaged over a window that widens with distance (±d/16).
+
+    Short distances, where the bias changes fast and samples are plenty, stay exact; long ones,
+    with few samples each, borrow from their neighbours.
+
+    Args:
+        sums: `(L, D)` summed significance per layer and distance.
+        counts: `(D,)` samples per distance.
+
+    Returns:
+        `(L, D)` float32 bias; distances never observed take the nearest observed value.
+    """
+    num_distances = counts.shape[0]
+    distance = torch.arange(num_distances)
+    half = distance // 16
+    lo = (distance - half).clamp(min=0)
+    hi = (distance + half + 1).clamp(max=num_distances)
+    zero = torch.zeros(sums.shape[0], 1, dtype=torch.float64)
+    cum_sums = torch.cat([zero, sums.double().cumsum(1)], dim=1)
+    cum_counts = torch.cat([torch.zeros(1, dtype=torch.float64), counts.double().cumsum(0)])
+    window_counts = cum_counts[hi] - cum_counts[lo]
+    mean = (cum_sums[:, hi] - cum_sums[:, lo]) / window_counts.clamp(min=1)
+    observed = window_counts > 0
+    if not bool(observed.all()):
+        last = int(observed.nonzero().max())
+        mean[:, last + 1 :] = mean[:, last : last + 1]
+    return mean.float()
+
+
+@torch.inference_mode()
+def measure_bias(
+    adapter: ModelAdapter,
+    sequences: list[tuple[torch.Tensor, torch.Tensor]],
+    max_distance: int,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Mean significance per layer and distance over `sequences`, smoothed.
+
+    Returns:
+        `(num_layers, max_distance)` float32.
+    """
+    layers = range(adapter.num_layers)
+    sums = torch.zeros(adapter.num_layers, max_distance, dtype=torch.float64)
+    counts = torch.zeros(max_distance, dtype=torch.float64)
+    for n, (ids, positions) in enumerate(sequences):
+        hidden = adapter.embed(ids)
+        run = adapter.run_layers(
+            hidden, adapter.rotary(hidden, positions), layers, query_layers=frozenset(layers)
+        )
+        distance = (positions[-1] - positions).clamp(max=max_distance - 1)
+        for layer in layers:
+            logits = last_query_logits(run.queries[layer], run.keys[layer][0], run.scaling[layer])
+            sums[layer].index_add_(0, distance, logits.max(dim=0).values.double().cpu())
+        counts.index_add_(0, distance, torch.ones_like(distance, dtype=torch.float64))
+        del run
+        if on_sample is not None:
+            on_sample(n + 1, len(sequences))
+    return smooth_by_distance(sums, counts)
+
+
+def _save_atomic(path: Path, bias: torch.Tensor, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({"bias": bias.contiguous()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def calibrate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: HomerConfig | None = None,
+    *,
+    mode: CalibrationMode | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    force: bool = False,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Build (or load from the per-model cache) the calibration bias for `model`.
+
+    Args:
+        config: chunk size and reduction rule; the rule picks the mode (`"paper"` -> `"plain"`,
+            `"spans"` -> `"template"`) unless `mode` is given.
+        samples: chunks of calibration text to average over.
+        force: measure again even if a cached bias exists.
+        on_sample: called with (done, total) after each sample (for progress bars).
+    """
+    config = config or HomerConfig()
+    adapter = ModelAdapter(model)
+    resolved = config.resolve(num_layers=adapter.num_layers, window=adapter.window)
+    mode = mode or ("plain" if resolved.reduction == "paper" else "template")
+    key = calibration_key(model, tokenizer, resolved, mode, samples)
+    path = calibration_dir() / f"{key}.safetensors"
+    if path.exists() and not force:
+        try:
+            bias = load_file(str(path))["bias"]
+            if bias.shape[0] == adapter.num_layers:
+                return Calibration(bias=bias, mode=mode, key=key)
+        except Exception as exc:  # a damaged file is rebuilt, never trusted
+            logger.warning("ignoring unreadable calibration file %s: %s", path, exc)
+    logger.info("calibrating %s (%d samples of %d tokens)", mode, samples, resolved.max_chunk_len)
+    sequences = _sample_sequences(tokenizer, resolved, mode, samples)
+    bias = measure_bias(adapter, sequences, resolved.max_chunk_len, on_sample)
+    _save_atomic(path, bias, {"mode": mode, "format_version": str(FORMAT_VERSION)})
+    return Calibration(bias=bias, mode=mode, key=key)

@@ -1,0 +1,128 @@
+"""`compress`: a document in, a fixed-length `HomerCache` out.
+
+It turns text into the three prompt parts, sizes the tree, fetches the calibration bias, runs
+the tree and packages the root as a `HomerCache`. The maths lives in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from homer.adapter import ModelAdapter
+from homer.cache import CacheInfo, HomerCache
+from homer.calibration import Calibration, calibrate
+from homer.config import HomerConfig
+from homer.errors import DocumentError
+from homer.prompts import PromptTemplate, encode
+from homer.schedule import LayerSchedule, Plan, fit_warmup
+from homer.tree import ProgressCallback, ProgressEvent, TreeInputs, TreeRunner
+from homer.words import token_kinds, word_ids
+
+logger = logging.getLogger(__name__)
+
+
+def _ids(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def compress(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text: str,
+    config: HomerConfig | None = None,
+    focus: str | None = None,
+    *,
+    prefix: str | None = None,
+    suffix: str | None = None,
+    calibration: Calibration | None = None,
+    progress: ProgressCallback | None = None,
+) -> HomerCache:
+    """Compress `text` into a kv-cache of at most `target_len` tokens per layer.
+
+    Args:
+        model: a supported causal LM (see `homer.adapter.SUPPORTED_MODEL_TYPES`).
+        tokenizer: its tokenizer.
+        text: the document.
+        config: HOMER settings; sizes left `None` are derived from the model.
+        focus: a question to put in the suffix (query-aware); None keeps the cache generic.
+        prefix / suffix: override the instruction text around the document.
+        calibration: a precomputed bias (else built or loaded per model when `config.bias` says
+            so).
+        progress: called with a `ProgressEvent` after each calibration sample and tree node.
+
+    Raises:
+        DocumentError: the text holds no tokens.
+        UnsupportedModelError: the model's architecture cannot be driven.
+        ValueError: a setting does not fit the model or the prompt.
+    """
+    config = config or HomerConfig()
+    adapter = ModelAdapter(model)
+    resolved = config.resolve(num_layers=adapter.num_layers, window=adapter.window)
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    prefix_text = template.prefix() if prefix is None else prefix
+    suffix_text = template.suffix(focus) if suffix is None else suffix
+
+    prefix_ids = encode(tokenizer, prefix_text)
+    if template.add_bos:
+        prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
+    context = _ids(encode(tokenizer, text))
+    if context.numel() == 0:
+        raise DocumentError("the document holds no text to compress")
+    plan = Plan(
+        context_len=int(context.numel()),
+        prefix_len=len(prefix_ids),
+        suffix_len=len(encode(tokenizer, suffix_text)),
+        max_chunk_len=resolved.max_chunk_len,
+        target_len=resolved.target_len,
+    )
+    warmup = fit_warmup(adapter.num_layers, resolved.warmup_layers, plan.height)
+    schedule = LayerSchedule(adapter.num_layers, warmup, plan.height)
+    logger.info(
+        "compressing %d tokens: %d chunks, height %d, %d warm-up layers, %d layers per level",
+        plan.context_len, plan.num_chunks, plan.height, warmup, schedule.layers_per_level,
+    )
+
+    bias = None
+    if resolved.bias == "calibrated" and plan.final_len < plan.prefix_len + plan.context_len + plan.suffix_len:
+        if calibration is None:
+            def on_sample(done: int, total: int) -> None:
+                if progress is not None:
+                    progress(ProgressEvent("calibrate", done, total))
+
+            calibration = calibrate(model, tokenizer, config, on_sample=on_sample)
+        bias = calibration.bias
+
+    runner = TreeRunner(
+        adapter, plan, schedule, bias, whole_words=resolved.reduction == "spans", progress=progress
+    )
+    inputs = TreeInputs(
+        prefix=_ids(prefix_ids),
+        context=context,
+        suffix=_ids(encode(tokenizer, suffix_text)),
+        context_words=word_ids(context, token_kinds(tokenizer)),
+    )
+    root = runner.run(inputs)
+    last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()
+    info = CacheInfo(
+        prefix_text=prefix_text,
+        suffix_text=suffix_text,
+        focus=focus,
+        document_tokens=plan.context_len,
+        prefix_tokens=plan.prefix_len,
+        suffix_tokens=plan.suffix_len,
+        num_chunks=plan.num_chunks,
+        height=plan.height,
+        settings={**resolved.to_dict(), "warmup_layers": warmup},
+        model_type=adapter.model_type,
+    )
+    return HomerCache(
+        keys=root.keys,
+        values=root.values,
+        token_ids=root.token_ids.cpu(),
+        positions=root.positions.cpu(),
+        last_logits=last_logits,
+        info=info,
+    )

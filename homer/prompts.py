@@ -1,0 +1,71 @@
+"""The text around the document: prefix, suffix, and the continuation that asks a question.
+
+With a chat template, the document sits inside one user turn: the prefix opens the turn with an
+instruction, the (query-agnostic) suffix closes the document without closing the turn, and a later
+question continues the same turn and opens the assistant's reply. Without a chat template the
+same shape is built from plain text. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+INSTRUCTION = "Read the document below carefully; you will be asked about it.\n\nDocument:\n"
+GENERIC_SUFFIX = "\n\n(End of document.)"
+FOCUS_SUFFIX = "\n\n(End of document.) Keep in mind the question: {question}"
+QUESTION = "\n\nAnswer using the document. Question: {question}"
+SUMMARY_QUESTION = "Summarize the document in a few sentences."
+
+_SENTINEL = "\u2063HOMER_SENTINEL\u2063"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a document and a question become text for one tokenizer.
+
+    Attributes:
+        turn_open: text before the user's message (chat template head, system prompt, BOS text).
+        turn_close: text after the user's message up to where the assistant answers.
+        add_bos: prepend the tokenizer's BOS id (when the template text does not carry it).
+    """
+
+    turn_open: str
+    turn_close: str
+    add_bos: bool
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any) -> PromptTemplate:
+        """The tokenizer's chat template split around the user message, or a plain fallback."""
+        bos = getattr(tokenizer, "bos_token", None)
+        if getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": _SENTINEL}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            if isinstance(rendered, str) and rendered.count(_SENTINEL) == 1:
+                head, tail = rendered.split(_SENTINEL)
+                return cls(turn_open=head, turn_close=tail, add_bos=False)
+        adds_bos = bool(bos) and _adds_bos(tokenizer)
+        return cls(turn_open="", turn_close="\nAnswer:", add_bos=adds_bos)
+
+    def prefix(self) -> str:
+        return self.turn_open + INSTRUCTION
+
+    def suffix(self, focus: str | None = None) -> str:
+        return GENERIC_SUFFIX if focus is None else FOCUS_SUFFIX.format(question=focus.strip())
+
+    def continuation(self, question: str) -> str:
+        """Text fed after the cache: the question, closing the user turn, opening the answer."""
+        return QUESTION.format(question=question.strip()) + self.turn_close
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` with no special tokens added (special-token text is still parsed)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,119 @@
+"""Token significance and selection: pure tensor functions, no model.
+
+HOMER ranks a chunk's tokens by how strongly its last token attends to them: the pre-softmax
+attention logit from the last query, maximised over heads, minus a calibration bias that removes
+the logit's dependence on distance (ALGORITHM.md §4). Selection keeps the prefix and suffix and
+the best-scoring document tokens, either one by one (the paper's rule) or whole words at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def last_query_logits(query: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Pre-softmax attention logits of one query row against every key.
+
+    Args:
+        query: `(H, D)` post-RoPE query of the last token, one row per query head.
+        keys: `(KV, T, D)` post-RoPE keys; with grouped-query attention `H = KV * G` and query
+            head `h` reads kv head `h // G`, as in transformers' `repeat_kv`.
+        scaling: the attention's softmax scale (usually `D ** -0.5`).
+
+    Returns:
+        `(H, T)` float32 logits.
+    """
+    heads, dim = query.shape
+    kv_heads = keys.shape[0]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} kv heads evenly")
+    grouped = query.float().reshape(kv_heads, heads // kv_heads, dim)  # (KV, G, D)
+    logits = torch.matmul(grouped, keys.float().transpose(1, 2))  # (KV, G, T)
+    return logits.reshape(heads, -1) * scaling
+
+
+def significance(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per-token significance: max over heads, minus the calibration bias at each distance.
+
+    Args:
+        logits: `(H, T)` from `last_query_logits`.
+        positions: `(T,)` position ids; the last one is the query's.
+        bias: `(max_distance,)` mean max-logit at each distance on ordinary text for this layer,
+            or None for raw logits. Distances past its end use its last value.
+
+    Returns:
+        `(T,)` float32 scores.
+    """
+    scores = logits.max(dim=0).values
+    if bias is None:
+        return scores
+    distance = (positions[-1] - positions).clamp(min=0, max=bias.shape[0] - 1)
+    return scores - bias.to(scores.device)[distance]
+
+
+def select_tokens(scores: torch.Tensor, prunable: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` tokens to keep: every protected token, then the best prunable ones.
+
+    Args:
+        scores: `(T,)` significance.
+        prunable: `(T,)` bool, False for prefix and suffix tokens (always kept).
+        keep: how many tokens survive in total.
+
+    Returns:
+        `(keep,)` int64 indices in ascending (cache) order.
+    """
+    total = scores.shape[0]
+    protected = int((~prunable).sum())
+    if keep >= total:
+        return torch.arange(total, device=scores.device)
+    if keep < protected:
+        raise ValueError(f"cannot keep {keep} tokens: {protected} are protected")
+    ranked = scores.masked_fill(~prunable, float("inf"))
+    chosen = torch.topk(ranked, keep, sorted=False).indices
+    return chosen.sort().values
+
+
+def pool_over_words(scores: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+    """Give every token the best score of the word it belongs to.
+
+    Args:
+        scores: `(T,)` significance.
+        word_ids: `(T,)` int64, equal for tokens of one word (any order; -1 for protected tokens,
+            which are pooled among themselves harmlessly).
+
+    Returns:
+        `(T,)` pooled scores.
+    """
+    _, inverse = torch.unique(word_ids, return_inverse=True)
+    best = torch.full((int(inverse.max()) + 1,), float("-inf"), device=scores.device)
+    best = best.scatter_reduce(0, inverse, scores.float(), reduce="amax")
+    return best[inverse]
+
+
+def select_words(
+    scores: torch.Tensor, prunable: torch.Tensor, word_ids: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """Like `select_tokens`, but keeps whole words: a word's tokens survive or go together.
+
+    Words are ranked by their best token's score; whole words are taken in that order while they
+    fit, and the last few slots go to the best single tokens left, so exactly `keep` survive.
+
+    Returns:
+        `(keep,)` int64 indices in ascending order.
+    """
+    total = scores.shape[0]
+    if keep >= total:
+        return torch.arange(total, device=scores.device)
+    pooled = pool_over_words(scores, word_ids)
+    # Rank tokens by (word score, then own score) so a word's tokens sit together in the ranking.
+    own_rank = scores.float().argsort().argsort().float() / max(total, 1)
+    ranked = (pooled + 1e-3 * own_rank).masked_fill(~prunable, float("inf"))
+    order = ranked.argsort(descending=True)
+    chosen = torch.zeros(total, dtype=torch.bool, device=scores.device)
+    chosen[order[:keep]] = True
+    # The cut through `order` may split one word; that is the only partial word, by construction.
+    return chosen.nonzero().squeeze(1)

@@ -1,0 +1,172 @@
+"""The depth-first merge tree: leaves through the lower layers, pairwise merges up to the root.
+
+`run_tree` composes the pure pieces (plan, chunking, significance, merging) with the model
+adapter. It evaluates the tree post-order: finish the left subtree, then the right, then merge,
+so only token ids exist for chunks not reached yet and at most one finished sibling per level is
+alive; peak memory grows with the tree's height, not the document (ALGORITHM.md §7). It knows
+nothing of prompts, tokenizers or files.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from homer.adapter import ModelAdapter
+from homer.chunking import make_leaf
+from homer.merging import NodeState, apply_keep, merge_nodes
+from homer.schedule import LayerSchedule, Plan
+from homer.significance import last_query_logits, select_tokens, select_words, significance
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One finished step of compression, for progress bars and tests.
+
+    Attributes:
+        stage: `"calibrate"`, `"leaf"` or `"merge"`.
+        done / total: steps finished and steps in all, for this stage kind (`leaf` and `merge`
+            share one count: the tree's `2 * chunks - 1` nodes).
+        level: tree level of the node (0 = leaf).
+        alive: node states held in memory right now, counted by the garbage collector's view.
+    """
+
+    stage: str
+    done: int
+    total: int
+    level: int = 0
+    alive: int = 0
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class _Node(NodeState):
+    """A `NodeState` the driver tracks for the memory invariant (weakly, so counting is honest)."""
+
+    __eq__ = object.__eq__  # identity, so nodes can sit in a WeakSet
+    __hash__ = object.__hash__
+
+
+@dataclass(frozen=True)
+class TreeInputs:
+    """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and word ids `(C,)`."""
+
+    prefix: torch.Tensor
+    context: torch.Tensor
+    suffix: torch.Tensor
+    context_words: torch.Tensor
+
+
+class TreeRunner:
+    """Runs one document through the merge tree.
+
+    Args:
+        adapter: the model.
+        plan: sizes of the tree.
+        schedule: layer ranges per level.
+        bias: `(num_layers, max_distance)` calibration bias, or None for raw logits.
+        whole_words: keep words whole when pruning (span-aware selection).
+        progress: called after every node.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        plan: Plan,
+        schedule: LayerSchedule,
+        bias: torch.Tensor | None,
+        whole_words: bool,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.plan = plan
+        self.schedule = schedule
+        self.bias = bias
+        self.whole_words = whole_words
+        self.progress = progress
+        self._alive: weakref.WeakSet[_Node] = weakref.WeakSet()
+        self._done = 0
+        self.max_alive = 0
+
+    # -- one node ----------------------------------------------------------------------------
+
+    def _track(self, node: NodeState) -> _Node:
+        tracked = _Node(**vars(node))
+        self._alive.add(tracked)
+        self.max_alive = max(self.max_alive, len(self._alive))
+        return tracked
+
+    def _run_stage(self, node: NodeState, level: int) -> NodeState:
+        """Run the node's layers, then prune it to its target length at the stage's last layer."""
+        layers = self.schedule.layers(level)
+        last = layers[-1]
+        rope = self.adapter.rotary(node.hidden, node.positions)
+        run = self.adapter.run_layers(node.hidden, rope, layers, query_layers=frozenset({last}))
+        node = NodeState(
+            hidden=run.hidden,
+            token_ids=node.token_ids,
+            positions=node.positions,
+            word_ids=node.word_ids,
+            keys=[*node.keys, *run.keys],
+            values=[*node.values, *run.values],
+        )
+        keep = self.plan.keep_at(level)
+        if node.length <= keep:
+            return node
+        logits = last_query_logits(run.queries[last], run.keys[-1][0], run.scaling[last])
+        layer_bias = None if self.bias is None else self.bias[last]
+        scores = significance(logits, node.positions.to(logits.device), layer_bias)
+        prunable = self._prunable(node.length).to(scores.device)
+        if self.whole_words:
+            indices = select_words(scores, prunable, node.word_ids.to(scores.device), keep)
+        else:
+            indices = select_tokens(scores, prunable, keep)
+        return apply_keep(node, indices)
+
+    def _prunable(self, length: int) -> torch.Tensor:
+        mask = torch.ones(length, dtype=torch.bool)
+        mask[: self.plan.prefix_len] = False
+        mask[length - self.plan.suffix_len :] = False
+        return mask
+
+    def _report(self, stage: str, level: int) -> None:
+        self._done += 1
+        if self.progress is not None:
+            total = 2 * self.plan.num_chunks - 1
+            self.progress(ProgressEvent(stage, self._done, total, level, len(self._alive)))
+
+    # -- the tree ----------------------------------------------------------------------------
+
+    def _leaf(self, index: int, inputs: TreeInputs) -> _Node:
+        leaf = make_leaf(self.plan, index, inputs.prefix, inputs.context, inputs.suffix)
+        piece = inputs.context_words[leaf.start : leaf.start + leaf.token_ids.shape[0] - self.plan.prefix_len - self.plan.suffix_len]
+        words = torch.cat([
+            torch.full((self.plan.prefix_len,), -1, dtype=torch.long),
+            piece,
+            torch.full((self.plan.suffix_len,), -1, dtype=torch.long),
+        ])
+        hidden = self.adapter.embed(leaf.token_ids)
+        start = NodeState(hidden, leaf.token_ids, leaf.positions, words, [], [])
+        node = self._track(self._run_stage(start, 0))
+        self._report("leaf", 0)
+        return node
+
+    def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Node:
+        if level == 0:
+            return self._leaf(first, inputs)
+        left = self._subtree(first, level - 1, inputs)
+        right = self._subtree(first + 2 ** (level - 1), level - 1, inputs)
+        merged = merge_nodes(left, right, self.plan.prefix_len, self.plan.suffix_len)
+        del left, right
+        node = self._track(self._run_stage(merged, level))
+        self._report("merge", level)
+        return node
+
+    def run(self, inputs: TreeInputs) -> NodeState:
+        """The root's state: every layer's keys and values, `plan.final_len` tokens each."""
+        with torch.inference_mode():
+            return self._subtree(0, self.plan.height, inputs)

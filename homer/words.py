@@ -1,0 +1,57 @@
+"""Which tokens start a new word: the unit that span-aware token reduction keeps whole.
+
+Small models split numbers into digits and names into pieces; losing one piece loses the fact.
+A token starts a new word when its text begins with whitespace (or a tokenizer's space marker),
+or is punctuation; a token after punctuation also starts one. So ` 4`, `7`, `1`, `9` is one
+word, and `.` is a word of its own. Only the tokenizer's vocabulary is read.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+# Markers byte-level BPE (GPT-2 style) and SentencePiece put for a leading space or newline.
+_SPACE_MARKERS = frozenset("\u0120\u2581\u010a\u0109")
+_SPACE, _WORD, _OTHER = 0, 1, 2
+
+_TABLES: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def token_kinds(tokenizer: Any) -> torch.Tensor:
+    """`(vocab,)` int8: 0 = starts with a space, 1 = starts with a letter or digit, 2 = other."""
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    kinds = torch.full((size,), _OTHER, dtype=torch.int8)
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    for idx, piece in enumerate(pieces):
+        if not piece or idx in special:
+            continue
+        first = piece[0]
+        if first in _SPACE_MARKERS or first.isspace():
+            kinds[idx] = _SPACE
+        elif first.isalnum():
+            kinds[idx] = _WORD
+    try:
+        _TABLES[tokenizer] = kinds
+    except TypeError:
+        pass
+    return kinds
+
+
+def word_ids(token_ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """`(T,)` ids -> `(T,)` int64 word index, increasing along the text.
+
+    A token continues the previous word when it starts with a letter or digit and the previous
+    token was not punctuation.
+    """
+    kind = kinds[token_ids.clamp(max=kinds.shape[0] - 1).cpu()].long()
+    previous = torch.cat([torch.tensor([_OTHER]), kind[:-1]])
+    continues = (kind == _WORD) & (previous != _OTHER)
+    return torch.cumsum((~continues).long(), dim=0) - 1
