@@ -1,0 +1,1 @@
+"""The `homer` command-line interface (Typer + rich); see `homer_cli.main`."""

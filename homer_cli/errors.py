@@ -1,0 +1,95 @@
+"""The one place where exceptions become what a shell user sees: a line on stderr and an exit code.
+
+Known errors (`HomerError`, bad option values, out of memory, Ctrl-C) print one line prefixed
+with `homer: ` and exit 1 (130 for Ctrl-C). Anything else is a bug: one line too, exit 2, with a
+hint. `HOMER_DEBUG=1` re-raises everything so the full traceback shows.
+
+Nothing here imports torch: out-of-memory errors are recognised by type name and message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from homer.errors import HomerError
+
+#: Exit codes.
+EXIT_USER_ERROR = 1
+EXIT_BUG = 2
+EXIT_INTERRUPTED = 130
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("HOMER_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def say(message: str) -> None:
+    """One line on stderr, prefixed `homer: `."""
+    sys.stderr.write(f"homer: {message}\n")
+    sys.stderr.flush()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if (
+        type(exc).__name__ == "OutOfMemoryError"
+    ):  # torch.cuda.OutOfMemoryError, torch.OutOfMemoryError
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first or type(exc).__name__
+
+
+@contextlib.contextmanager
+def user_errors(hint_max_chunk: int | None = None) -> Iterator[None]:
+    """Turn exceptions raised inside the block into a one-line message and an exit code.
+
+    Args:
+        hint_max_chunk: the `--max-chunk` in use, quoted in the out-of-memory advice.
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        say("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # `homer ask ... | head -1`: the reader left; not an error worth a message.
+        with contextlib.suppress(Exception):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit-time flush
+        raise typer.Exit(0) from None
+    except Exception as exc:
+        if debug_enabled():
+            raise
+        if _is_out_of_memory(exc):
+            now = f" (now {hint_max_chunk})" if hint_max_chunk else ""
+            say(f"out of memory: lower --max-chunk{now}, or use --dtype bfloat16 / a smaller model")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        if isinstance(exc, HomerError):
+            say(_one_line(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        if isinstance(exc, ValueError):
+            # The library validates settings with ValueError (HomerConfig, generation options).
+            say(_one_line(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        say(
+            f"unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set HOMER_DEBUG=1 for the traceback)"
+        )
+        raise typer.Exit(EXIT_BUG) from None
