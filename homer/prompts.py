@@ -68,4 +68,4 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of `text` with no special tokens added (special-token text is still parsed)."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])

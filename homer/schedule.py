@@ -137,5 +137,15 @@ class Plan:
         return min(self.target_len, self.prefix_len + self.context_len + self.suffix_len)
 
     def keep_at(self, level: int) -> int:
-        """The target length of a node at `level` once its layers ran (the root: `final_len`)."""
-        return self.final_len if level == self.height else self.child_keep
+        """The target length of a node at `level` once its layers ran.
+
+        The root keeps `final_len`. Every other node keeps `child_keep`, except that the root's
+        two children keep at least half of the root's document share each (rounded up), so the
+        root can always reach `final_len` even when `eff` is odd.
+        """
+        if level == self.height:
+            return self.final_len
+        if level == self.height - 1:
+            share = math.ceil((self.final_len - self.prefix_len - self.suffix_len) / 2)
+            return self.prefix_len + max(self.per_chunk // 2, share) + self.suffix_len
+        return self.child_keep

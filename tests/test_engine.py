@@ -1,0 +1,253 @@
+"""The invariants of ALGORITHM.md §10 on tiny random models, for every supported family.
+
+Each model is a real `save_pretrained` folder (tests/tiny.py) loaded with `from_pretrained`, so
+the loading code runs too. Llama uses grouped-query attention; Qwen3 adds q/k norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import homer.tree
+from homer import HomerConfig, compress, generate
+from homer.adapter import ModelAdapter
+from homer.calibration import calibrate, calibration_text
+from homer.prompts import PromptTemplate, encode
+from homer.schedule import LayerSchedule
+from tests.tiny import make_tiny_model_dir
+
+ARCHS = ["llama", "qwen2", "qwen3"]
+ATTNS = ["sdpa", "eager"]
+TEXT = calibration_text()
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    dirs = {arch: make_tiny_model_dir(root / arch, arch=arch, num_layers=6) for arch in ARCHS}
+    dirs["deep"] = make_tiny_model_dir(root / "deep", arch="llama", num_layers=10)
+    return dirs
+
+
+def load(path: Path, attn: str) -> tuple[Any, Any]:
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(params=[(a, b) for a in ARCHS for b in ATTNS], ids=lambda p: f"{p[0]}-{p[1]}")
+def tiny(request: pytest.FixtureRequest, model_dirs: dict[str, Path]) -> Iterator[tuple[Any, Any]]:
+    arch, attn = request.param
+    yield load(model_dirs[arch], attn)
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    return encode(tokenizer, template.prefix()) + encode(tokenizer, text) + encode(
+        tokenizer, template.suffix()
+    )
+
+
+# 1. One chunk is a plain prefill -------------------------------------------------------------
+
+
+def test_one_chunk_gives_the_plain_prefill_cache_and_logits(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    text = TEXT[:120]
+    cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
+    ids = prompt_ids(tokenizer, text)
+    assert cache.token_ids.tolist() == ids
+    assert cache.positions.tolist() == list(range(len(ids)))
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=True)
+    torch.testing.assert_close(cache.last_logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
+        torch.testing.assert_close(k, out.past_key_values.layers[layer].keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v, out.past_key_values.layers[layer].values, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    text = TEXT[:100]
+    cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
+    stream = generate(model, tokenizer, cache, "Who is he?", max_new_tokens=6)
+    answer_ids = [*stream] and stream.token_ids
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    full = prompt_ids(tokenizer, text) + encode(tokenizer, template.continuation("Who is he?"))
+    with torch.no_grad():
+        plain = model.generate(
+            torch.tensor([full]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(full) :].tolist()
+    assert answer_ids == plain[: len(answer_ids)]
+    assert stream.stats.prompt_tokens > 0 and stream.stats.total_s > 0
+
+
+def test_captured_query_gives_the_models_own_attention_row(model_dirs: dict[str, Path]) -> None:
+    # With eager attention the model returns its attention probabilities; the softmax of the
+    # logits homer computes from the captured last query must reproduce the last row.
+    model, tokenizer = load(model_dirs["qwen3"], "eager")
+    ids = torch.tensor(prompt_ids(tokenizer, TEXT[:80]))
+    adapter = ModelAdapter(model)
+    hidden = adapter.embed(ids)
+    layers = range(adapter.num_layers)
+    run = adapter.run_layers(hidden, adapter.rotary(hidden, torch.arange(len(ids))), layers, frozenset(layers))
+    with torch.no_grad():
+        attentions = model(ids[None], output_attentions=True).attentions
+    from homer.significance import last_query_logits
+
+    for layer in layers:
+        logits = last_query_logits(run.queries[layer], run.keys[layer][0], run.scaling[layer])
+        torch.testing.assert_close(logits.softmax(-1), attentions[layer][0, :, -1, :], rtol=1e-4, atol=1e-5)
+
+
+# 2-3. Fixed length, protected affixes, exact drops per node --------------------------------------
+
+
+@pytest.mark.parametrize("target", [None, 100, 70])
+def test_every_layer_has_the_final_length_and_affixes_survive(
+    tiny: tuple[Any, Any], target: int | None
+) -> None:
+    model, tokenizer = tiny
+    config = HomerConfig(max_chunk_len=128, target_len=target, bias=None)
+    cache = compress(model, tokenizer, TEXT[:3000], config)
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    prefix, suffix = encode(tokenizer, template.prefix()), encode(tokenizer, template.suffix())
+    context = encode(tokenizer, TEXT[:3000])
+    expected = min(target or 128, len(prefix) + len(context) + len(suffix))
+    assert cache.info.height >= 2
+    assert cache.length == expected
+    assert {k.shape[2] for k in cache.keys} == {expected} == {v.shape[2] for v in cache.values}
+    assert cache.token_ids[: len(prefix)].tolist() == prefix
+    assert cache.token_ids[-len(suffix) :].tolist() == suffix
+    assert cache.last_position == cache.positions[-1]
+    assert cache.num_layers == model.config.num_hidden_layers
+
+
+def test_each_node_drops_exactly_down_to_its_target(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer = tiny
+    seen: list[tuple[int, int]] = []
+    real_apply_keep = homer.tree.apply_keep
+
+    def spy(node: Any, keep: torch.Tensor) -> Any:
+        out = real_apply_keep(node, keep)
+        seen.append((node.length, out.length))
+        assert len(set(out.token_ids.shape + out.positions.shape + out.hidden.shape[1:2])) == 1
+        assert {k.shape[2] for k in out.keys} == {out.length}
+        return out
+
+    monkeypatch.setattr(homer.tree, "apply_keep", spy)
+    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128, target_len=90))
+    p, s = cache.info.prefix_tokens, cache.info.suffix_tokens
+    child_keep = p + (128 - p - s) // 2 + s
+    assert len(seen) == 2 * cache.info.num_chunks - 1
+    assert all(after in (child_keep, 90) and before > after for before, after in seen)
+    assert seen[-1][1] == 90
+
+
+# 4. The schedule along every path, as actually run ---------------------------------------------
+
+
+def test_layers_run_cover_the_model_once_along_every_path(
+    model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    runs: list[range] = []
+    real = ModelAdapter.run_layers
+
+    def spy(self: ModelAdapter, hidden: Any, rope: Any, layers: range, query_layers: Any = frozenset()) -> Any:
+        runs.append(layers)
+        return real(self, hidden, rope, layers, query_layers)
+
+    monkeypatch.setattr(ModelAdapter, "run_layers", spy)
+    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128, bias=None))
+    height = cache.info.height
+    schedule = LayerSchedule(6, cache.info.settings["warmup_layers"], height)
+    # Post-order: each leaf run is followed by merges up the levels it completes.
+    assert runs[0] == schedule.layers(0)
+    assert runs[-1] == schedule.layers(height)
+    assert sorted({r.start for r in runs}) == [schedule.layers(lv).start for lv in range(height + 1)]
+    assert [layer for lv in range(height + 1) for layer in schedule.layers(lv)] == list(range(6))
+
+
+# 5. Memory: depth-first ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chars", [3000, 12000])
+def test_chunks_alive_never_exceed_height_plus_one(model_dirs: dict[str, Path], chars: int) -> None:
+    model, tokenizer = load(model_dirs["deep"], "sdpa")
+    events: list[homer.tree.ProgressEvent] = []
+    cache = compress(
+        model, tokenizer, (TEXT * 2)[:chars], HomerConfig(max_chunk_len=128, bias=None), progress=events.append
+    )
+    tree_events = [e for e in events if e.stage in ("leaf", "merge")]
+    assert len(tree_events) == 2 * cache.info.num_chunks - 1
+    assert cache.info.num_chunks >= 16
+    assert max(e.alive for e in tree_events) <= cache.info.height + 1
+    # ... and the bound is reached: siblings are kept, not recomputed.
+    assert max(e.alive for e in tree_events) == cache.info.height + 1
+
+
+# 6. Answering never mutates the cache ----------------------------------------------------------
+
+
+def test_answering_leaves_the_cache_bit_identical(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    cache = compress(model, tokenizer, TEXT[:2000], HomerConfig(max_chunk_len=128))
+    before = [t.clone() for t in (*cache.keys, *cache.values, cache.token_ids, cache.positions)]
+    first = "".join(generate(model, tokenizer, cache, "Who?", max_new_tokens=5))
+    second = "".join(generate(model, tokenizer, cache, "Who?", max_new_tokens=5))
+    after = [*cache.keys, *cache.values, cache.token_ids, cache.positions]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert first == second
+
+
+def test_sampling_is_reproducible_with_a_seed(model_dirs: dict[str, Path]) -> None:
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    cache = compress(model, tokenizer, TEXT[:500], HomerConfig(max_chunk_len=128, bias=None))
+
+    def answer(seed: int) -> list[int]:
+        stream = generate(model, tokenizer, cache, "Why?", max_new_tokens=8, temperature=1.0, seed=seed)
+        list(stream)
+        return stream.token_ids
+
+    assert answer(1) == answer(1)
+
+
+# Calibration -----------------------------------------------------------------------------------
+
+
+def test_calibration_is_built_once_and_cached(model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMER_HOME", str(tmp_path))
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    config = HomerConfig(max_chunk_len=128)
+    first = calibrate(model, tokenizer, config, samples=3)
+    files = list((tmp_path / "calibration").glob("*.safetensors"))
+    assert len(files) == 1
+    assert first.bias.shape == (6, 128)
+    assert torch.isfinite(first.bias).all()
+    second = calibrate(model, tokenizer, config, samples=3)
+    assert torch.equal(first.bias, second.bias)
+    assert calibrate(model, tokenizer, HomerConfig(max_chunk_len=128, reduction="paper"), samples=3).mode == "plain"
+
+
+def test_bias_changes_which_tokens_survive(model_dirs: dict[str, Path]) -> None:
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    text = TEXT[:3000]
+    raw = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, bias=None, reduction="paper"))
+    calibrated = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, reduction="paper"))
+    assert raw.length == calibrated.length
+    assert raw.token_ids.tolist() != calibrated.token_ids.tolist()
+
+
+def test_query_aware_suffix_holds_the_question(model_dirs: dict[str, Path]) -> None:
+    model, tokenizer = load(model_dirs["qwen2"], "sdpa")
+    cache = compress(model, tokenizer, TEXT[:2000], HomerConfig(max_chunk_len=160, bias=None), focus="Who is Tom?")
+    assert "Who is Tom?" in cache.info.suffix_text
+    assert tokenizer.decode(cache.token_ids[-cache.info.suffix_tokens :]).endswith("Who is Tom?")
