@@ -15,6 +15,7 @@ on the requested device and dtype, and never decides anything about chunks or ca
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import logging
 import os
@@ -135,12 +136,25 @@ def ensure_embedded_converted() -> Path:
     if (target / _DONE_MARKER).is_file():
         return target
     gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time: a second process waits, then finds the folder ready.
+    lock_fd = os.open(target.parent / f".{_EMBEDDED_DIRNAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        if not (target / _DONE_MARKER).is_file():
+            _convert_embedded(gguf, target)
+    finally:
+        os.close(lock_fd)
+    return target
+
+
+def _convert_embedded(gguf: Path, target: Path) -> None:
+    """Convert `gguf` into `target` via a temporary sibling folder renamed into place."""
     logger.info("converting the embedded model %s to safetensors in %s (once)", gguf.name, target)
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_EMBEDDED_DIRNAME}.", dir=target.parent))
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -163,22 +177,14 @@ def ensure_embedded_converted() -> Path:
         (tmp / _DONE_MARKER).write_text(f"converted from {gguf.name}\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the converted model is not secret
         del loaded, fresh
-        if target.exists():  # a stale, unfinished folder from an interrupted run
+        if target.exists():  # an unfinished folder from an older, interrupted run
             shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first: use theirs.
-            if not (target / _DONE_MARKER).is_file():
-                raise
-    except ModelLoadError:
-        raise
+        os.replace(tmp, target)
     except Exception as exc:
         raise ModelLoadError(f"could not convert the embedded model from {gguf}: {exc}") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def load_model(
