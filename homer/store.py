@@ -187,6 +187,8 @@ class Store:
     # ---------------------------------------------------------------- locks
 
     def _lock_path(self, kind: str, ident: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", ident) or ".." in ident:
+            raise CacheError(f"invalid lock name {ident!r}")
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
         return locks / f"{kind}-{ident}.lock"
@@ -217,7 +219,7 @@ class Store:
         return self._flock(self._lock_path("key", key), exclusive=True, on_wait=on_wait)
 
     def _name_lock(self, name: str, *, exclusive: bool) -> Any:
-        return self._flock(self._lock_path("name", name), exclusive=exclusive)
+        return self._flock(self._lock_path("name", validate_name(name)), exclusive=exclusive)
 
     # ---------------------------------------------------------------- listing
 
@@ -627,7 +629,7 @@ def _cache_from_tensors(
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _write_durable(path: Path, data: bytes) -> None:
