@@ -64,6 +64,11 @@ def user_errors(hint_max_chunk: int | None = None) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
+    except typer.BadParameter as exc:  # a bad value found inside a command
+        if debug_enabled():
+            raise
+        say(_one_line(Exception(exc.format_message())))
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         if debug_enabled():
             raise

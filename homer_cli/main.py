@@ -150,13 +150,17 @@ def _read_stdin_text(what: str) -> str:
 def _load_model(
     name: str | None, device: str | None, dtype: str | None, trust_remote_code: bool
 ) -> tuple[Any, Any]:
-    from homer.models import load_model, resolve_model_name
+    from homer.models import embedded_model_dir, is_embedded, load_model, resolve_model_name
 
     if _stderr_is_tty():
         from rich.console import Console
 
+        resolved = resolve_model_name(name)
+        message = f"loading {resolved}…"
+        if is_embedded(resolved) and not (embedded_model_dir() / "config.json").is_file():
+            message = f"converting {resolved} to safetensors (once; about a minute)…"
         console = Console(stderr=True)
-        with console.status(f"loading {resolve_model_name(name)}…"):
+        with console.status(message):
             return load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
