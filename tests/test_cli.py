@@ -1,0 +1,302 @@
+"""The `homer` command through Typer's CliRunner, on a tiny random model saved to a temp dir."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from homer_cli.main import app
+from tests.markers import needs_engine
+from tests.tiny import make_tiny_model_dir
+
+runner = CliRunner()
+
+COMMANDS = ["ingest", "ask", "summarize", "list", "show", "rm", "calibrate"]
+MAX_CHUNK = "200"
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same shape and tokenizer as `tiny_model_dir`, other weights."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-other"), arch="llama", seed=1)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Calibrate the tiny model once through `homer calibrate`; tests copy the result."""
+    home = tmp_path_factory.mktemp("calibrated-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOMER_HOME", str(home))
+        result = invoke("calibrate", "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK)
+        assert result.exit_code == 0, (result.output, result.exception)  # type: ignore[attr-defined]
+        assert Path(result.stdout.strip()).is_file()  # type: ignore[attr-defined]
+    return home / "calibration"
+
+
+@pytest.fixture
+def engine_home(calibrated: Path, homer_home: Path) -> Path:
+    """This test's HOMER_HOME, with the tiny model's calibration already in place."""
+    shutil.copytree(calibrated, homer_home / "calibration")
+    return homer_home
+
+
+@pytest.fixture
+def document(tmp_path: Path) -> Path:
+    rng = random.Random(0)
+    words = [
+        "the",
+        "captain",
+        "sailed",
+        "across",
+        "a",
+        "sea",
+        "with",
+        "his",
+        "brother",
+        "and",
+        "a",
+        "crew",
+        "who",
+        "read",
+        "books",
+    ]
+    text = " ".join(rng.choice(words) for _ in range(150))
+    path = tmp_path / "story.txt"
+    path.write_text(text[:400] + " The passkey is 71234. " + text[400:], encoding="utf-8")
+    return path
+
+
+def invoke(*args: str, input: str | None = None) -> object:
+    return runner.invoke(app, list(args), input=input)
+
+
+def one_line_error(result: object, *needles: str) -> str:
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)  # type: ignore[attr-defined]
+    err: str = result.stderr  # type: ignore[attr-defined]
+    assert err.startswith("homer: "), err
+    assert err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0  # type: ignore[attr-defined]
+    for command in COMMANDS:
+        assert command in result.stdout  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "Example" in result.stdout  # type: ignore[attr-defined]
+    assert f"homer {command}" in result.stdout  # type: ignore[attr-defined]
+
+
+def test_cli_import_is_light() -> None:
+    """`homer --help` must not wait for torch or transformers."""
+    code = (
+        "import sys, homer_cli.main; "
+        "heavy = [m for m in ('torch', 'transformers', 'homer.compression', 'homer.tree') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- no model needed
+
+
+def test_list_empty() -> None:
+    result = invoke("list")
+    assert result.exit_code == 0  # type: ignore[attr-defined]
+    assert result.stdout == ""  # type: ignore[attr-defined]
+    assert "no saved caches" in result.stderr  # type: ignore[attr-defined]
+    assert json.loads(invoke("list", "--json").stdout) == []  # type: ignore[attr-defined]
+
+
+def test_ask_without_any_cache() -> None:
+    one_line_error(invoke("ask", "Who?"), "homer ingest")
+
+
+def test_show_and_rm_unknown() -> None:
+    one_line_error(invoke("show", "nope"), "no cache named 'nope'")
+    one_line_error(invoke("rm", "nope"), "no cache named 'nope'")
+
+
+def test_bad_document_writes_nothing(tmp_path: Path, homer_home: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    one_line_error(invoke("ingest", str(empty)), "empty")
+    one_line_error(invoke("ingest", str(tmp_path / "missing.pdf")), "no such file")
+    one_line_error(invoke("ingest", str(tmp_path)), "directory")
+    assert not (homer_home / "caches").exists() or not list((homer_home / "caches").glob("[!.]*"))
+
+
+def test_bad_options_are_one_line(document: Path) -> None:
+    one_line_error(
+        invoke("ingest", str(document), "--budget", "300", "--max-chunk", "200"),
+        "target_len (300) cannot exceed max_chunk_len (200)",
+    )
+    one_line_error(invoke("ingest", str(document), "--name", "../escape"), "invalid cache name")
+    result = invoke("ingest", str(document), "--max-chunk", "0")
+    assert result.exit_code == 2  # type: ignore[attr-defined]  # click's own usage error
+
+
+def test_unknown_model(document: Path, tmp_path: Path) -> None:
+    one_line_error(
+        invoke("ingest", str(document), "--model", str(tmp_path / "no-such-model")),
+        "no-such-model",
+    )
+
+
+def test_debug_env_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMER_DEBUG", "1")
+    result = invoke("show", "nope")
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    from homer.errors import CacheError
+
+    assert isinstance(result.exception, CacheError)  # type: ignore[attr-defined]
+
+
+def test_out_of_memory_is_explained(monkeypatch: pytest.MonkeyPatch, document: Path) -> None:
+    def oom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("homer.documents.load_document", oom)
+    one_line_error(invoke("ingest", str(document), "--max-chunk", "512"), "--max-chunk (now 512)")
+
+
+# ----------------------------------------------------------------------------- with the engine
+
+
+@needs_engine
+def test_ingest_ask_list_show_rm(tiny_model_dir: Path, document: Path, engine_home: Path) -> None:
+    model = str(tiny_model_dir)
+    result = invoke("ingest", str(document), "--model", model, "--max-chunk", MAX_CHUNK)
+    assert result.exit_code == 0, (result.output, result.exception)  # type: ignore[attr-defined]
+    name = result.stdout.strip()  # type: ignore[attr-defined]
+    assert name.startswith("story-")
+    assert result.stdout == name + "\n"  # type: ignore[attr-defined]  # only the name
+    assert result.stderr == ""  # type: ignore[attr-defined]  # not a terminal: silent
+
+    # Same document, model and settings: reused, same name.
+    again = invoke("ingest", str(document), "--model", model, "--max-chunk", MAX_CHUNK)
+    assert again.exit_code == 0 and again.stdout.strip() == name  # type: ignore[attr-defined]
+
+    answer = invoke("ask", "What is the passkey?", "--max-tokens", "5")
+    assert answer.exit_code == 0, (answer.output, answer.exception)  # type: ignore[attr-defined]
+    assert answer.stdout.endswith("\n")  # type: ignore[attr-defined]
+
+    as_json = invoke("ask", "-", "--cache", name, "--max-tokens", "5", "--json", input="Who?\n")
+    assert as_json.exit_code == 0, as_json.output  # type: ignore[attr-defined]
+    payload = json.loads(as_json.stdout)  # type: ignore[attr-defined]
+    assert payload["cache"] == name
+    assert payload["model"] == model
+    assert payload["tokens"]["cache"] > 0
+    assert payload["tokens"]["document"] > payload["tokens"]["cache"]
+    assert payload["tokens"]["answer"] <= 5
+    assert set(payload["timings"]) >= {"model_load_s", "cache_load_s", "time_to_first_token_s"}
+
+    summary = invoke("summarize", "--max-tokens", "4", "--json")
+    assert summary.exit_code == 0, summary.output  # type: ignore[attr-defined]
+    assert json.loads(summary.stdout)["cache"] == name  # type: ignore[attr-defined]
+
+    listing = invoke("list")
+    assert listing.exit_code == 0 and name in listing.stdout  # type: ignore[attr-defined]
+    assert "story.txt" in listing.stdout  # type: ignore[attr-defined]
+    rows = json.loads(invoke("list", "--json").stdout)  # type: ignore[attr-defined]
+    assert [r["name"] for r in rows] == [name]
+
+    shown = json.loads(invoke("show", name).stdout)  # type: ignore[attr-defined]
+    assert shown["document"]["source"] == "story.txt"
+    assert shown["model"]["id"] == model
+
+    removed = invoke("rm", name)
+    assert removed.exit_code == 0  # type: ignore[attr-defined]
+    assert json.loads(invoke("list", "--json").stdout) == []  # type: ignore[attr-defined]
+
+
+@needs_engine
+def test_names_force_and_unknown_cache(
+    tiny_model_dir: Path, document: Path, engine_home: Path
+) -> None:
+    model = str(tiny_model_dir)
+    base = ["ingest", str(document), "--model", model, "--max-chunk", MAX_CHUNK]
+    first = invoke(*base, "--name", "book")
+    assert first.exit_code == 0 and first.stdout == "book\n"  # type: ignore[attr-defined]
+    # Same content under another name: copied, not recomputed.
+    second = invoke(*base, "--name", "book2")
+    assert second.exit_code == 0 and second.stdout == "book2\n"  # type: ignore[attr-defined]
+    # Another document under a taken name: refused without --force.
+    other = document.with_name("other.txt")
+    other.write_text("A different document about a lighthouse keeper. " * 20)
+    taken = invoke(
+        "ingest", str(other), "--model", model, "--max-chunk", MAX_CHUNK, "--name", "book"
+    )
+    one_line_error(taken, "already exists", "--force")
+    forced = invoke(
+        "ingest",
+        str(other),
+        "--model",
+        model,
+        "--max-chunk",
+        MAX_CHUNK,
+        "--name",
+        "book",
+        "--force",
+    )
+    assert forced.exit_code == 0, forced.output  # type: ignore[attr-defined]
+    shown = json.loads(invoke("show", "book").stdout)  # type: ignore[attr-defined]
+    assert shown["document"]["source"] == "other.txt"
+
+    one_line_error(
+        invoke("ask", "Who?", "--cache", "nope"), "no cache named 'nope'", "book", "book2"
+    )
+
+
+@needs_engine
+def test_cache_from_another_model_is_refused(
+    tiny_model_dir: Path, other_model_dir: Path, document: Path, engine_home: Path
+) -> None:
+    result = invoke(
+        "ingest", str(document), "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK
+    )
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    err = one_line_error(invoke("ask", "Who?", "--model", str(other_model_dir)), "was built with")
+    assert str(tiny_model_dir) in err and str(other_model_dir) in err
+
+
+@needs_engine
+def test_ingest_from_stdin_and_dtype_conversion(tiny_model_dir: Path, engine_home: Path) -> None:
+    text = "Notes piped from another program. The key is 4242. " * 12
+    result = invoke(
+        "ingest",
+        "-",
+        "--model",
+        str(tiny_model_dir),
+        "--max-chunk",
+        MAX_CHUNK,
+        "--dtype",
+        "bfloat16",
+        input=text,
+    )
+    assert result.exit_code == 0, (result.output, result.exception)  # type: ignore[attr-defined]
+    name = result.stdout.strip()  # type: ignore[attr-defined]
+    assert name.startswith("stdin-")
+    assert json.loads(invoke("show", name).stdout)["dtype"] == "bfloat16"  # type: ignore[attr-defined]
+    # Asking with float32 converts the bfloat16 cache exactly instead of refusing it.
+    answer = invoke("ask", "What is the key?", "--dtype", "float32", "--max-tokens", "3")
+    assert answer.exit_code == 0, answer.output  # type: ignore[attr-defined]

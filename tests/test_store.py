@@ -1,0 +1,387 @@
+"""`homer.store`: round trips, content keys, names, refusal of every damaged or foreign cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from homer.cache import CacheInfo, HomerCache
+from homer.errors import CacheError, CacheMismatchError
+from homer.store import (
+    FORMAT_VERSION,
+    META_FILE,
+    TENSOR_FILE,
+    CacheNotFoundError,
+    Store,
+    content_key,
+    derive_name,
+    validate_name,
+)
+
+LAYERS, KV_HEADS, LENGTH, HEAD_DIM, VOCAB = 3, 2, 12, 16, 50
+
+
+def make_cache(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> HomerCache:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, KV_HEADS, LENGTH, HEAD_DIM)
+    return HomerCache(
+        keys=[torch.randn(shape, generator=gen).to(dtype) for _ in range(LAYERS)],
+        values=[torch.randn(shape, generator=gen).to(dtype) for _ in range(LAYERS)],
+        token_ids=torch.arange(LENGTH, dtype=torch.int64),
+        positions=torch.arange(LENGTH, dtype=torch.int64) * 3,
+        last_logits=torch.randn(VOCAB, generator=gen),
+        info=CacheInfo(
+            prefix_text="Read:",
+            suffix_text="(end)",
+            focus=None,
+            document_tokens=100,
+            prefix_tokens=2,
+            suffix_tokens=2,
+            num_chunks=4,
+            height=2,
+            settings={"max_chunk_len": 32, "target_len": 12},
+            model_type="llama",
+        ),
+    )
+
+
+def save(store: Store, name: str = "doc", cache: HomerCache | None = None, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "name": name,
+        "key": "k" * 32,
+        "model_id": "tiny-model",
+        "model_fingerprint": "mfp",
+        "tokenizer_fingerprint": "tfp",
+        "document_sha256": "d" * 64,
+        "source": "doc.txt",
+        "settings": {"max_chunk_len": 32},
+    }
+    args.update(kw)
+    return store.save(cache or make_cache(), **args)
+
+
+def assert_same(a: HomerCache, b: HomerCache) -> None:
+    assert a.num_layers == b.num_layers
+    for x, y in zip([*a.keys, *a.values], [*b.keys, *b.values], strict=True):
+        assert x.dtype == y.dtype
+        assert torch.equal(x, y)
+    assert torch.equal(a.token_ids, b.token_ids)
+    assert torch.equal(a.positions, b.positions)
+    assert torch.equal(a.last_logits, b.last_logits)
+    assert a.info == b.info
+
+
+def test_round_trip_is_bit_identical() -> None:
+    store = Store()
+    cache = make_cache()
+    record = save(store, page_map=[0, 10], kind="pdf")
+    loaded, loaded_record = store.load("doc", model_fingerprint="mfp", tokenizer_fingerprint="tfp")
+    assert_same(cache, loaded)
+    meta = loaded_record.meta
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["dtype"] == "bfloat16"
+    assert meta["document"]["page_map"] == [0, 10]
+    assert meta["tokens"] == {"document": 100, "prefix": 2, "suffix": 2, "cache": LENGTH}
+    assert meta["last_position"] == (LENGTH - 1) * 3
+    assert record.size_bytes > 0
+    assert (record.path / TENSOR_FILE).is_file()
+
+
+def test_store_lives_under_homer_home(homer_home: Path) -> None:
+    save(Store())
+    assert (homer_home / "caches" / "doc" / META_FILE).is_file()
+
+
+def test_list_latest_show_remove() -> None:
+    store = Store()
+    assert store.latest() is None
+    save(store, "first")
+    time.sleep(0.01)  # creation times have millisecond resolution
+    save(store, "second", key="x" * 32)
+    assert [r.name for r in store.records()] == ["first", "second"]
+    latest = store.latest()
+    assert latest is not None and latest.name == "second"
+    assert store.record("first").source == "doc.txt"
+    assert store.find("x" * 32) is not None
+    store.remove("second")
+    assert store.names() == ["first"]
+    with pytest.raises(CacheNotFoundError) as info:
+        store.remove("second")
+    assert info.value.available == ["first"]
+
+
+def test_unknown_name_lists_existing() -> None:
+    store = Store()
+    save(store, "alpha")
+    with pytest.raises(CacheNotFoundError, match="alpha"):
+        store.load("beta")
+
+
+def test_dtype_is_converted_on_load() -> None:
+    store = Store()
+    cache = make_cache(torch.bfloat16)
+    save(store, cache=cache)
+    loaded, _ = store.load("doc", dtype=torch.float32)
+    assert loaded.dtype == torch.float32
+    # bfloat16 -> float32 is exact.
+    assert torch.equal(loaded.keys[0].to(torch.bfloat16), cache.keys[0])
+
+
+def test_existing_name_needs_overwrite() -> None:
+    store = Store()
+    save(store)
+    with pytest.raises(CacheError, match="already exists"):
+        save(store)
+    save(store, cache=make_cache(seed=1), overwrite=True)
+    loaded, _ = store.load("doc")
+    assert_same(loaded, make_cache(seed=1))
+
+
+def test_copy_keeps_content() -> None:
+    store = Store()
+    save(store, "orig")
+    record = store.copy("orig", "copy")
+    assert record.key == store.record("orig").key
+    assert_same(store.load("copy")[0], make_cache())
+
+
+def test_content_key_depends_on_everything() -> None:
+    base: dict[str, Any] = {
+        "document_sha256": "a",
+        "model_fingerprint": "m",
+        "tokenizer_fingerprint": "t",
+        "settings": {"max_chunk_len": 32},
+        "focus": None,
+    }
+    key = content_key(**base)
+    assert key == content_key(**base)
+    for field, other in [
+        ("document_sha256", "b"),
+        ("model_fingerprint", "m2"),
+        ("tokenizer_fingerprint", "t2"),
+        ("settings", {"max_chunk_len": 64}),
+        ("focus", "who?"),
+    ]:
+        assert content_key(**{**base, field: other}) != key, field
+
+
+def test_derive_name() -> None:
+    assert derive_name("My Book (2nd ed).pdf", "abcdef1234") == "My-Book-2nd-ed-abcdef12"
+    assert derive_name("stdin", "0123456789") == "stdin-01234567"
+    assert derive_name("...", "0123456789") == "doc-01234567"
+    assert derive_name("../../etc/passwd", "0123456789") == "passwd-01234567"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../evil", "..", ".", "a/b", "/abs", ".hidden", "", "a" * 101, "x..y", "sp ace", "a\x00b"],
+)
+def test_path_traversal_and_bad_names_refused(name: str, tmp_path: Path) -> None:
+    store = Store()
+    with pytest.raises(CacheError, match="invalid cache name"):
+        validate_name(name)
+    with pytest.raises(CacheError, match="invalid cache name"):
+        save(store, name)
+    with pytest.raises(CacheError):
+        store.load(name)
+    with pytest.raises(CacheError):
+        store.remove(name)
+    assert not (tmp_path / "evil").exists()
+
+
+# ------------------------------------------------------------------------- damage
+
+
+def test_flipped_byte_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    path = record.path / TENSOR_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="checksum") as info:
+        store.load("doc")
+    assert str(path) in str(info.value)
+    assert "homer rm doc" in str(info.value)
+
+
+def test_truncated_file_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    path = record.path / TENSOR_FILE
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CacheError, match="truncated"):
+        store.load("doc")
+
+
+def test_missing_tensor_file_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    (record.path / TENSOR_FILE).unlink()
+    with pytest.raises(CacheError, match="missing"):
+        store.load("doc")
+
+
+def test_edited_metadata_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    (record.path / META_FILE).write_text("{ not json")
+    with pytest.raises(CacheError, match="damaged metadata"):
+        store.load("doc")
+    # A damaged cache is skipped by list, and rm still removes it.
+    assert store.records() == []
+    store.remove("doc")
+    assert store.names() == []
+
+
+def test_metadata_missing_fields_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    meta = json.loads((record.path / META_FILE).read_text())
+    del meta["tokenizer"]
+    (record.path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="lacks 'tokenizer'"):
+        store.load("doc")
+
+
+def test_future_format_version_is_refused() -> None:
+    store = Store()
+    record = save(store)
+    meta = json.loads((record.path / META_FILE).read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (record.path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="newer than this homer reads"):
+        store.load("doc")
+
+
+def test_other_model_is_refused_naming_both() -> None:
+    store = Store()
+    save(store)
+    with pytest.raises(CacheMismatchError) as info:
+        store.load("doc", model_fingerprint="other", model_id="big-model")
+    message = str(info.value)
+    assert "tiny-model" in message and "big-model" in message
+    with pytest.raises(CacheMismatchError, match="tokenizer"):
+        store.load("doc", model_fingerprint="mfp", tokenizer_fingerprint="other")
+
+
+class _Planted:
+    """A pickle payload that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_pickle_is_refused_and_never_executed(tmp_path: Path) -> None:
+    store = Store()
+    record = save(store)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Planted(marker))
+    path = record.path / TENSOR_FILE
+    path.write_bytes(payload)
+    # Even with the checksum and size forged to match, the file is parsed as safetensors only.
+    meta = json.loads((record.path / META_FILE).read_text())
+    import hashlib
+
+    meta["tensor_sha256"] = hashlib.sha256(payload).hexdigest()
+    meta["tensor_bytes"] = len(payload)
+    (record.path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="not a valid safetensors"):
+        store.load("doc")
+    assert not marker.exists()
+    # A torch.save'd zip pickle is refused the same way.
+    torch.save({"x": _Planted(marker)}, path)
+    meta["tensor_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta["tensor_bytes"] = path.stat().st_size
+    (record.path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CacheError):
+        store.load("doc")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------- faults
+
+
+def test_failed_write_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(CacheError, match="no space left"):
+        save(store)
+    assert store.names() == []
+    assert [p.name for p in store.root.iterdir() if not p.name.startswith(".locks")] == []
+
+
+def test_stale_temp_dirs_are_swept() -> None:
+    store = Store()
+    store.root.mkdir(parents=True)
+    # A pid that cannot exist: the write of a killed process.
+    stale = store.root / ".tmp-999999999-abc"
+    stale.mkdir()
+    (stale / TENSOR_FILE).write_bytes(b"half")
+    save(store)
+    assert not stale.exists()
+    assert store.names() == ["doc"]
+
+
+def test_ingest_lock_serialises() -> None:
+    store = Store()
+    order: list[str] = []
+    waited = threading.Event()
+
+    def second() -> None:
+        with store.ingest_lock("key", on_wait=waited.set):
+            order.append("second")
+
+    with store.ingest_lock("key"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waited.wait(5)
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"]
+
+
+def test_reader_never_sees_a_half_replaced_cache() -> None:
+    store = Store()
+    save(store)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                store.load("doc")
+            except BaseException as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for seed in range(15):
+            save(store, cache=make_cache(seed=seed), overwrite=True)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert errors == []
+
+
+def test_files_are_data_only() -> None:
+    record = save(Store())
+    names = sorted(os.listdir(record.path))
+    assert names == [META_FILE, TENSOR_FILE]
+    assert (record.path / TENSOR_FILE).read_bytes()[8:9] == b"{"  # safetensors JSON header
