@@ -385,3 +385,54 @@ def test_files_are_data_only() -> None:
     names = sorted(os.listdir(record.path))
     assert names == [META_FILE, TENSOR_FILE]
     assert (record.path / TENSOR_FILE).read_bytes()[8:9] == b"{"  # safetensors JSON header
+
+
+_WRITER = """
+import sys, torch
+from tests.test_store import make_cache, save
+from homer.store import Store
+store = Store()
+big = make_cache()
+big = type(big)(
+    keys=[torch.randn(1, 2, 4096, 64).to(torch.bfloat16) for _ in range(8)],
+    values=[torch.randn(1, 2, 4096, 64).to(torch.bfloat16) for _ in range(8)],
+    token_ids=torch.arange(4096), positions=torch.arange(4096),
+    last_logits=torch.randn(50), info=big.info,
+)
+print("ready", flush=True)
+i = 0
+while True:
+    save(store, f"doc{i % 3}", cache=big, overwrite=True)
+    i += 1
+"""
+
+
+def test_sigkill_during_saves_leaves_a_consistent_store(homer_home: Path) -> None:
+    """Kill a process that keeps saving at random moments: nothing half-written is ever seen."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    root = Path(__file__).resolve().parent.parent
+    store = Store()
+    for _trial in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "HOMER_HOME": str(homer_home)},
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for name in store.names():
+            cache, _ = store.load(name)  # every listed cache is complete and checks out
+            assert cache.length == 4096
+    assert store.names(), "the writer never finished a save: the trials tested nothing"
+    save(store, "after")  # the next write works and sweeps the dead writer's temp folders
+    leftovers = [p.name for p in store.root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    assert leftovers == []
