@@ -81,15 +81,11 @@ CacheOpt = Annotated[
         show_default=False,
     ),
 ]
-MaxTokensOpt = Annotated[
-    int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")
-]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 TemperatureOpt = Annotated[
-    float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy (deterministic).")
+    float, typer.Option("--temperature", "-t", help="0 = greedy (deterministic).")
 ]
-TopPOpt = Annotated[
-    float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0.")
-]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling when temperature > 0.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed for sampling.", show_default=False)]
 JsonOpt = Annotated[
     bool,
@@ -102,7 +98,6 @@ MaxChunkOpt = Annotated[
     int | None,
     typer.Option(
         "--max-chunk",
-        min=8,
         help="Tokens per chunk; default: half the model's window. Lower it if memory runs out.",
         show_default=False,
     ),
@@ -126,6 +121,19 @@ def _setup_runtime() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _check_at_least(option: str, value: float | None, least: float) -> None:
+    """One-line error for an out-of-range number (Typer's own range errors draw a usage box)."""
+    if value is not None and value < least:
+        raise typer.BadParameter(f"{option} must be at least {least}, got {value}")
+
+
+def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
+    _check_at_least("--max-tokens", max_tokens, 1)
+    _check_at_least("--temperature", temperature, 0)
+    if not 0 < top_p <= 1:
+        raise typer.BadParameter(f"--top-p must be in (0, 1], got {top_p}")
 
 
 def _stderr_is_tty() -> bool:
@@ -253,7 +261,6 @@ def ingest(
         int | None,
         typer.Option(
             "--budget",
-            min=8,
             help="Tokens kept per layer in the cache; default: --max-chunk.",
             show_default=False,
         ),
@@ -287,6 +294,8 @@ def ingest(
 
         if name is not None:
             validate_name(name)
+        _check_at_least("--max-chunk", max_chunk, 8)
+        _check_at_least("--budget", budget, 8)
         config = HomerConfig(max_chunk_len=max_chunk, target_len=budget)
         if focus is not None and not focus.strip():
             raise typer.BadParameter("--focus is empty")
@@ -394,6 +403,7 @@ def _answer(
     as_json: bool,
 ) -> None:
     """Shared body of `ask` and `summarize`."""
+    _check_sampling(max_tokens, temperature, top_p)
     _setup_runtime()
     from homer.store import Store
 
@@ -675,6 +685,7 @@ def calibrate(
     with user_errors(hint_max_chunk=max_chunk):
         from homer.config import HomerConfig
 
+        _check_at_least("--max-chunk", max_chunk, 8)
         config = HomerConfig(max_chunk_len=max_chunk)
         _setup_runtime()
         loaded_model, tokenizer = _load_model(model, device, dtype, trust_remote_code)

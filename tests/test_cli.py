@@ -151,8 +151,11 @@ def test_bad_options_are_one_line(document: Path) -> None:
         "target_len (300) cannot exceed max_chunk_len (200)",
     )
     one_line_error(invoke("ingest", str(document), "--name", "../escape"), "invalid cache name")
-    result = invoke("ingest", str(document), "--max-chunk", "0")
-    assert result.exit_code == 2  # type: ignore[attr-defined]  # click's own usage error
+    one_line_error(invoke("ingest", str(document), "--max-chunk", "0"), "--max-chunk", "got 0")
+    one_line_error(invoke("ingest", str(document), "--budget", "-5"), "--budget", "got -5")
+    one_line_error(invoke("ask", "Who?", "--max-tokens", "0"), "--max-tokens")
+    one_line_error(invoke("ask", "Who?", "--top-p", "1.5"), "--top-p")
+    one_line_error(invoke("ask", "Who?", "--temperature", "-1"), "--temperature")
 
 
 def test_unknown_model(document: Path, tmp_path: Path) -> None:
