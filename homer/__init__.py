@@ -60,5 +60,23 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CacheError",
+    "CacheInfo",
+    "CacheMismatchError",
+    "Calibration",
+    "DocumentError",
+    "GenerationStats",
+    "GenerationStream",
+    "HomerCache",
+    "HomerConfig",
+    "HomerError",
+    "ModelLoadError",
+    "ProgressEvent",
+    "ResolvedConfig",
+    "UnsupportedModelError",
+    "calibrate",
+    "compress",
+    "generate",
+]
 __version__ = "0.1.0"

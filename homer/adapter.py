@@ -127,12 +127,14 @@ class ModelAdapter:
                     "cannot express"
                 )
         self.model_type = model_type
-        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        self.embed_tokens = base.embed_tokens
-        self.rotary_emb = base.rotary_emb
-        self.layers = base.layers
-        self.norm = base.norm
-        self.lm_head = model.get_output_embeddings()
+        # Modules of the concrete model class; typed loosely because transformers' own are.
+        source: Any = model
+        base: Any = source.get_decoder() if hasattr(source, "get_decoder") else source.model
+        self.embed_tokens: Any = base.embed_tokens
+        self.rotary_emb: Any = base.rotary_emb
+        self.layers: Any = base.layers
+        self.norm: Any = base.norm
+        self.lm_head: Any = source.get_output_embeddings()
         self.attn_implementation = str(self.config._attn_implementation or "eager")
 
     # -- facts --------------------------------------------------------------------------------
@@ -160,8 +162,10 @@ class ModelAdapter:
         """`(T,)` ids -> `(1, T, hidden)` input embeddings (scaled where the model scales them)."""
         return self.embed_tokens(token_ids.to(self.device).unsqueeze(0))  # type: ignore[no-any-return]
 
-    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(cos, sin)` for `(T,)` position ids, computed once and shared by all layers of a stage."""
+    def rotary(
+        self, hidden: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)` for `(T,)` position ids, shared by all layers of a stage."""
         cos, sin = self.rotary_emb(hidden, positions.to(hidden.device).unsqueeze(0))
         return cos, sin
 

@@ -132,11 +132,15 @@ class HomerCache:
     def to_dynamic_cache(self) -> DynamicCache:
         """A fresh transformers `DynamicCache` holding copies of the keys and values."""
         return DynamicCache(
-            ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(self.keys, self.values, strict=True)]
+            ddp_cache_data=[
+                (k.clone(), v.clone()) for k, v in zip(self.keys, self.values, strict=True)
+            ]
         )
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HomerCache:
-        """A copy on `device` and/or with keys and values in `dtype` (ids and logits keep theirs)."""
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> HomerCache:
+        """A copy on `device` and/or with keys and values in `dtype`."""
         return HomerCache(
             keys=[k.to(device=device, dtype=dtype) for k in self.keys],
             values=[v.to(device=device, dtype=dtype) for v in self.values],

@@ -113,7 +113,9 @@ def _sample_sequences(
     out = []
     for start in starts:
         piece = text_ids[start : start + span]
-        ids = torch.cat([torch.tensor(prefix, dtype=torch.long), piece, torch.tensor(suffix, dtype=torch.long)])
+        ids = torch.cat(
+            [torch.tensor(prefix, dtype=torch.long), piece, torch.tensor(suffix, dtype=torch.long)]
+        )
         out.append((ids, leaf_positions(len(prefix), span, len(suffix), span)))
     return out
 

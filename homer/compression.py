@@ -82,12 +82,20 @@ def compress(
     schedule = LayerSchedule(adapter.num_layers, warmup, plan.height)
     logger.info(
         "compressing %d tokens: %d chunks, height %d, %d warm-up layers, %d layers per level",
-        plan.context_len, plan.num_chunks, plan.height, warmup, schedule.layers_per_level,
+        plan.context_len,
+        plan.num_chunks,
+        plan.height,
+        warmup,
+        schedule.layers_per_level,
     )
 
     bias = None
-    if resolved.bias == "calibrated" and plan.final_len < plan.prefix_len + plan.context_len + plan.suffix_len:
+    if (
+        resolved.bias == "calibrated"
+        and plan.final_len < plan.prefix_len + plan.context_len + plan.suffix_len
+    ):
         if calibration is None:
+
             def on_sample(done: int, total: int) -> None:
                 if progress is not None:
                     progress(ProgressEvent("calibrate", done, total))

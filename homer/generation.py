@@ -46,7 +46,7 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
-    """Pick the next token from `(vocab,)` logits: argmax at temperature 0, else nucleus sampling."""
+    """Pick the next token from `(vocab,)` logits: greedy at temperature 0, else nucleus."""
     if temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)

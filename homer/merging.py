@@ -36,7 +36,12 @@ class NodeState:
 
 
 def merge_along(
-    left: torch.Tensor, right: torch.Tensor, prefix_len: int, suffix_len: int, dim: int, average: bool
+    left: torch.Tensor,
+    right: torch.Tensor,
+    prefix_len: int,
+    suffix_len: int,
+    dim: int,
+    average: bool,
 ) -> torch.Tensor:
     """Concatenate two siblings' tensors along token axis `dim` with shared affixes.
 
@@ -73,7 +78,7 @@ def merge_nodes(left: NodeState, right: NodeState, prefix_len: int, suffix_len: 
 
 
 def apply_keep(node: NodeState, keep: torch.Tensor) -> NodeState:
-    """Keep only the tokens at indices `keep` (ascending), in every layer and every per-token field."""
+    """Keep only the tokens at indices `keep` (ascending)."""
     if keep.shape[0] == node.length:
         return node
     hidden_keep = keep.to(node.hidden.device)

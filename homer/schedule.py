@@ -16,9 +16,9 @@ class LayerSchedule:
     """Layer ranges per tree level.
 
     `num_layers` L, `warmup` W and tree `height` h give `lpl = (L - W) // (h + 1)` layers per level
-    and `left = (L - W) - lpl * (h + 1)` leftover layers, which the leaves absorb. Leaves (level 0)
-    run `[0, W + lpl + left)`; a node at level `k >= 1` runs `[W + left + k*lpl, W + left + (k+1)*lpl)`;
-    the root (level h) ends at L.
+    and `left = (L - W) - lpl * (h + 1)` leftover layers, which the leaves absorb. Leaves (level
+    0) run `[0, W + lpl + left)`; a node at level `k >= 1` runs
+    `[W + left + k*lpl, W + left + (k+1)*lpl)`; the root (level h) ends at L.
     """
 
     num_layers: int
@@ -29,9 +29,7 @@ class LayerSchedule:
         if self.height < 0:
             raise ValueError(f"height must be >= 0, got {self.height}")
         if not 0 <= self.warmup < self.num_layers:
-            raise ValueError(
-                f"warmup ({self.warmup}) must be in [0, num_layers={self.num_layers})"
-            )
+            raise ValueError(f"warmup ({self.warmup}) must be in [0, num_layers={self.num_layers})")
         if self.layers_per_level < 1:
             raise ValueError(
                 f"a tree of height {self.height} needs at least {self.height + 1} layers after "

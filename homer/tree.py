@@ -143,12 +143,19 @@ class TreeRunner:
 
     def _leaf(self, index: int, inputs: TreeInputs) -> _Node:
         leaf = make_leaf(self.plan, index, inputs.prefix, inputs.context, inputs.suffix)
-        piece = inputs.context_words[leaf.start : leaf.start + leaf.token_ids.shape[0] - self.plan.prefix_len - self.plan.suffix_len]
-        words = torch.cat([
-            torch.full((self.plan.prefix_len,), -1, dtype=torch.long),
-            piece,
-            torch.full((self.plan.suffix_len,), -1, dtype=torch.long),
-        ])
+        piece = inputs.context_words[
+            leaf.start : leaf.start
+            + leaf.token_ids.shape[0]
+            - self.plan.prefix_len
+            - self.plan.suffix_len
+        ]
+        words = torch.cat(
+            [
+                torch.full((self.plan.prefix_len,), -1, dtype=torch.long),
+                piece,
+                torch.full((self.plan.suffix_len,), -1, dtype=torch.long),
+            ]
+        )
         hidden = self.adapter.embed(leaf.token_ids)
         start = NodeState(hidden, leaf.token_ids, leaf.positions, words, [], [])
         node = self._track(self._run_stage(start, 0))

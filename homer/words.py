@@ -8,6 +8,7 @@ word, and `.` is a word of its own. Only the tokenizer's vocabulary is read.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -38,10 +39,8 @@ def token_kinds(tokenizer: Any) -> torch.Tensor:
             kinds[idx] = _SPACE
         elif first.isalnum():
             kinds[idx] = _WORD
-    try:
+    with contextlib.suppress(TypeError):  # tokenizers that cannot be weakly referenced
         _TABLES[tokenizer] = kinds
-    except TypeError:
-        pass
     return kinds
 
 

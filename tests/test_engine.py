@@ -36,7 +36,9 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def load(path: Path, attn: str) -> tuple[Any, Any]:
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation=attn, dtype=torch.float32
+    )
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -48,8 +50,10 @@ def tiny(request: pytest.FixtureRequest, model_dirs: dict[str, Path]) -> Iterato
 
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     template = PromptTemplate.for_tokenizer(tokenizer)
-    return encode(tokenizer, template.prefix()) + encode(tokenizer, text) + encode(
-        tokenizer, template.suffix()
+    return (
+        encode(tokenizer, template.prefix())
+        + encode(tokenizer, text)
+        + encode(tokenizer, template.suffix())
     )
 
 
@@ -68,7 +72,9 @@ def test_one_chunk_gives_the_plain_prefill_cache_and_logits(tiny: tuple[Any, Any
     torch.testing.assert_close(cache.last_logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
     for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
         torch.testing.assert_close(k, out.past_key_values.layers[layer].keys, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(v, out.past_key_values.layers[layer].values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            v, out.past_key_values.layers[layer].values, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, Any]) -> None:
@@ -81,7 +87,11 @@ def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, 
     full = prompt_ids(tokenizer, text) + encode(tokenizer, template.continuation("Who is he?"))
     with torch.no_grad():
         plain = model.generate(
-            torch.tensor([full]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0
+            torch.tensor([full]),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
         )[0, len(full) :].tolist()
     assert answer_ids == plain[: len(answer_ids)]
     assert stream.stats.prompt_tokens > 0 and stream.stats.total_s > 0
@@ -95,14 +105,18 @@ def test_captured_query_gives_the_models_own_attention_row(model_dirs: dict[str,
     adapter = ModelAdapter(model)
     hidden = adapter.embed(ids)
     layers = range(adapter.num_layers)
-    run = adapter.run_layers(hidden, adapter.rotary(hidden, torch.arange(len(ids))), layers, frozenset(layers))
+    run = adapter.run_layers(
+        hidden, adapter.rotary(hidden, torch.arange(len(ids))), layers, frozenset(layers)
+    )
     with torch.no_grad():
         attentions = model(ids[None], output_attentions=True).attentions
     from homer.significance import last_query_logits
 
     for layer in layers:
         logits = last_query_logits(run.queries[layer], run.keys[layer][0], run.scaling[layer])
-        torch.testing.assert_close(logits.softmax(-1), attentions[layer][0, :, -1, :], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            logits.softmax(-1), attentions[layer][0, :, -1, :], rtol=1e-4, atol=1e-5
+        )
 
 
 # 2-3. Fixed length, protected affixes, exact drops per node --------------------------------------
@@ -161,7 +175,9 @@ def test_layers_run_cover_the_model_once_along_every_path(
     runs: list[range] = []
     real = ModelAdapter.run_layers
 
-    def spy(self: ModelAdapter, hidden: Any, rope: Any, layers: range, query_layers: Any = frozenset()) -> Any:
+    def spy(
+        self: ModelAdapter, hidden: Any, rope: Any, layers: range, query_layers: Any = frozenset()
+    ) -> Any:
         runs.append(layers)
         return real(self, hidden, rope, layers, query_layers)
 
@@ -172,7 +188,9 @@ def test_layers_run_cover_the_model_once_along_every_path(
     # Post-order: each leaf run is followed by merges up the levels it completes.
     assert runs[0] == schedule.layers(0)
     assert runs[-1] == schedule.layers(height)
-    assert sorted({r.start for r in runs}) == [schedule.layers(lv).start for lv in range(height + 1)]
+    assert sorted({r.start for r in runs}) == [
+        schedule.layers(lv).start for lv in range(height + 1)
+    ]
     assert [layer for lv in range(height + 1) for layer in schedule.layers(lv)] == list(range(6))
 
 
@@ -184,7 +202,11 @@ def test_chunks_alive_never_exceed_height_plus_one(model_dirs: dict[str, Path], 
     model, tokenizer = load(model_dirs["deep"], "sdpa")
     events: list[homer.tree.ProgressEvent] = []
     cache = compress(
-        model, tokenizer, (TEXT * 2)[:chars], HomerConfig(max_chunk_len=128, bias=None), progress=events.append
+        model,
+        tokenizer,
+        (TEXT * 2)[:chars],
+        HomerConfig(max_chunk_len=128, bias=None),
+        progress=events.append,
     )
     tree_events = [e for e in events if e.stage in ("leaf", "merge")]
     assert len(tree_events) == 2 * cache.info.num_chunks - 1
@@ -213,7 +235,9 @@ def test_sampling_is_reproducible_with_a_seed(model_dirs: dict[str, Path]) -> No
     cache = compress(model, tokenizer, TEXT[:500], HomerConfig(max_chunk_len=128, bias=None))
 
     def answer(seed: int) -> list[int]:
-        stream = generate(model, tokenizer, cache, "Why?", max_new_tokens=8, temperature=1.0, seed=seed)
+        stream = generate(
+            model, tokenizer, cache, "Why?", max_new_tokens=8, temperature=1.0, seed=seed
+        )
         list(stream)
         return stream.token_ids
 
@@ -223,7 +247,9 @@ def test_sampling_is_reproducible_with_a_seed(model_dirs: dict[str, Path]) -> No
 # Calibration -----------------------------------------------------------------------------------
 
 
-def test_calibration_is_built_once_and_cached(model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_is_built_once_and_cached(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOMER_HOME", str(tmp_path))
     model, tokenizer = load(model_dirs["llama"], "sdpa")
     config = HomerConfig(max_chunk_len=128)
@@ -234,13 +260,20 @@ def test_calibration_is_built_once_and_cached(model_dirs: dict[str, Path], tmp_p
     assert torch.isfinite(first.bias).all()
     second = calibrate(model, tokenizer, config, samples=3)
     assert torch.equal(first.bias, second.bias)
-    assert calibrate(model, tokenizer, HomerConfig(max_chunk_len=128, reduction="paper"), samples=3).mode == "plain"
+    assert (
+        calibrate(
+            model, tokenizer, HomerConfig(max_chunk_len=128, reduction="paper"), samples=3
+        ).mode
+        == "plain"
+    )
 
 
 def test_bias_changes_which_tokens_survive(model_dirs: dict[str, Path]) -> None:
     model, tokenizer = load(model_dirs["llama"], "sdpa")
     text = TEXT[:3000]
-    raw = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, bias=None, reduction="paper"))
+    raw = compress(
+        model, tokenizer, text, HomerConfig(max_chunk_len=128, bias=None, reduction="paper")
+    )
     calibrated = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, reduction="paper"))
     assert raw.length == calibrated.length
     assert raw.token_ids.tolist() != calibrated.token_ids.tolist()
@@ -248,6 +281,12 @@ def test_bias_changes_which_tokens_survive(model_dirs: dict[str, Path]) -> None:
 
 def test_query_aware_suffix_holds_the_question(model_dirs: dict[str, Path]) -> None:
     model, tokenizer = load(model_dirs["qwen2"], "sdpa")
-    cache = compress(model, tokenizer, TEXT[:2000], HomerConfig(max_chunk_len=160, bias=None), focus="Who is Tom?")
+    cache = compress(
+        model,
+        tokenizer,
+        TEXT[:2000],
+        HomerConfig(max_chunk_len=160, bias=None),
+        focus="Who is Tom?",
+    )
     assert "Who is Tom?" in cache.info.suffix_text
     assert tokenizer.decode(cache.token_ids[-cache.info.suffix_tokens :]).endswith("Who is Tom?")

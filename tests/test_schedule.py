@@ -100,15 +100,27 @@ def test_plan_is_a_full_binary_tree_that_fits(plan: Plan) -> None:
 
 @given(plans(), st.data())
 @settings(max_examples=100, deadline=None)
-def test_leaves_share_one_position_range_and_suffix_positions(plan: Plan, data: st.DataObject) -> None:
+def test_leaves_share_one_position_range_and_suffix_positions(
+    plan: Plan, data: st.DataObject
+) -> None:
     if plan.num_chunks > 64:
         return
     prefix = torch.arange(plan.prefix_len)
     context = torch.arange(plan.context_len) + 1000
     suffix = torch.arange(plan.suffix_len) + 500
     leaves = [make_leaf(plan, i, prefix, context, suffix) for i in range(plan.num_chunks)]
-    assert torch.equal(torch.cat([leaf.token_ids[plan.prefix_len : len(leaf.token_ids) - plan.suffix_len] for leaf in leaves]), context)
-    suffix_positions = {tuple(leaf.positions[len(leaf.positions) - plan.suffix_len :].tolist()) for leaf in leaves}
+    assert torch.equal(
+        torch.cat(
+            [
+                leaf.token_ids[plan.prefix_len : len(leaf.token_ids) - plan.suffix_len]
+                for leaf in leaves
+            ]
+        ),
+        context,
+    )
+    suffix_positions = {
+        tuple(leaf.positions[len(leaf.positions) - plan.suffix_len :].tolist()) for leaf in leaves
+    }
     assert len(suffix_positions) == 1
     for leaf in leaves:
         assert leaf.positions[0] == 0 or plan.prefix_len == 0
