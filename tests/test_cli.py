@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from homer_cli.main import app
-from tests.markers import needs_engine
 from tests.tiny import make_tiny_model_dir
 
 runner = CliRunner()
@@ -185,7 +184,6 @@ def test_out_of_memory_is_explained(monkeypatch: pytest.MonkeyPatch, document: P
 # ----------------------------------------------------------------------------- with the engine
 
 
-@needs_engine
 def test_ingest_ask_list_show_rm(tiny_model_dir: Path, document: Path, engine_home: Path) -> None:
     model = str(tiny_model_dir)
     result = invoke("ingest", str(document), "--model", model, "--max-chunk", MAX_CHUNK)
@@ -232,7 +230,6 @@ def test_ingest_ask_list_show_rm(tiny_model_dir: Path, document: Path, engine_ho
     assert json.loads(invoke("list", "--json").stdout) == []  # type: ignore[attr-defined]
 
 
-@needs_engine
 def test_names_force_and_unknown_cache(
     tiny_model_dir: Path, document: Path, engine_home: Path
 ) -> None:
@@ -270,7 +267,6 @@ def test_names_force_and_unknown_cache(
     )
 
 
-@needs_engine
 def test_cache_from_another_model_is_refused(
     tiny_model_dir: Path, other_model_dir: Path, document: Path, engine_home: Path
 ) -> None:
@@ -282,7 +278,6 @@ def test_cache_from_another_model_is_refused(
     assert str(tiny_model_dir) in err and str(other_model_dir) in err
 
 
-@needs_engine
 def test_ingest_from_stdin_and_dtype_conversion(tiny_model_dir: Path, engine_home: Path) -> None:
     text = "Notes piped from another program. The key is 4242. " * 12
     result = invoke(
