@@ -18,7 +18,7 @@ from homer.config import HomerConfig
 from homer.errors import DocumentError
 from homer.prompts import PromptTemplate, encode
 from homer.schedule import LayerSchedule, Plan, fit_warmup
-from homer.tree import ProgressCallback, ProgressEvent, TreeInputs, TreeRunner
+from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
 from homer.words import token_kinds, word_ids
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def compress(
     suffix: str | None = None,
     calibration: Calibration | None = None,
     progress: ProgressCallback | None = None,
+    memo: SubtreeMemo | None = None,
 ) -> HomerCache:
     """Compress `text` into a kv-cache of at most `target_len` tokens per layer.
 
@@ -52,6 +53,8 @@ def compress(
         calibration: a precomputed bias (else built or loaded per model when `config.bias` says
             so).
         progress: called with a `ProgressEvent` after each calibration sample and tree node.
+        memo: reuse finished subtrees across calls (see `homer.tree.SubtreeMemo`); results are
+            identical to computing them again.
 
     Raises:
         DocumentError: the text holds no tokens.
@@ -104,7 +107,13 @@ def compress(
         bias = calibration.bias
 
     runner = TreeRunner(
-        adapter, plan, schedule, bias, whole_words=resolved.reduction == "spans", progress=progress
+        adapter,
+        plan,
+        schedule,
+        bias,
+        whole_words=resolved.reduction == "spans",
+        progress=progress,
+        memo=memo,
     )
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),

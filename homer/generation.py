@@ -72,6 +72,7 @@ class GenerationStream:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        raw: bool = False,
     ) -> None:
         if not question.strip():
             raise ValueError("the question is empty")
@@ -86,8 +87,11 @@ class GenerationStream:
         self.temperature = temperature
         self.top_p = top_p
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        template = PromptTemplate.for_tokenizer(tokenizer)
-        self.prompt_ids = encode(tokenizer, template.continuation(question))
+        if raw:
+            self.prompt_ids = encode(tokenizer, question)
+        else:
+            template = PromptTemplate.for_tokenizer(tokenizer)
+            self.prompt_ids = encode(tokenizer, template.continuation(question))
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids))
         self.token_ids: list[int] = []
         self.text = ""
@@ -145,9 +149,12 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    raw: bool = False,
 ) -> GenerationStream:
     """Answer `question` from `cache`; iterate the result for text pieces as they are generated.
 
+    With `raw=True`, `question` is fed verbatim after the cache instead of being wrapped in the
+    model's question template (for task-specific prompts, e.g. "... The pass key is").
     The cache is copied, never changed: answering twice gives the same greedy answer.
     """
     return GenerationStream(
@@ -159,4 +166,5 @@ def generate(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        raw=raw,
     )

@@ -9,7 +9,9 @@ nothing of prompts, tokenizers or files.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +63,37 @@ class TreeInputs:
     context_words: torch.Tensor
 
 
+class SubtreeMemo:
+    """Finished subtrees keyed by their exact input, for many compressions of similar documents.
+
+    A subtree's result depends only on its tokens, the plan's sizes, its level and the pruning
+    rule, so documents that share whole chunks (an edited file, a benchmark's haystack with a
+    moved needle) can reuse them bit for bit. Holds at most `capacity` nodes (least recently used
+    go first); memoised nodes stay in memory, which `ProgressEvent.alive` counts honestly.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._nodes: OrderedDict[str, NodeState] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> NodeState | None:
+        node = self._nodes.get(key)
+        if node is None:
+            self.misses += 1
+            return None
+        self._nodes.move_to_end(key)
+        self.hits += 1
+        return node
+
+    def put(self, key: str, node: NodeState) -> None:
+        self._nodes[key] = node
+        self._nodes.move_to_end(key)
+        while len(self._nodes) > self.capacity:
+            self._nodes.popitem(last=False)
+
+
 class TreeRunner:
     """Runs one document through the merge tree.
 
@@ -81,8 +114,13 @@ class TreeRunner:
         bias: torch.Tensor | None,
         whole_words: bool,
         progress: ProgressCallback | None = None,
+        memo: SubtreeMemo | None = None,
     ) -> None:
         self.adapter = adapter
+        self.memo = memo
+        # What else a subtree's result depends on: the model object and the bias values.
+        bias_digest = "" if bias is None else hashlib.sha256(bias.numpy().tobytes()).hexdigest()
+        self._setup_id = (id(adapter.model), bias_digest, tuple(schedule.layers(0)))
         self.plan = plan
         self.schedule = schedule
         self.bias = bias
@@ -162,7 +200,32 @@ class TreeRunner:
         self._report("leaf", 0)
         return node
 
+    def _memo_key(self, first: int, level: int, inputs: TreeInputs) -> str:
+        lengths = self.plan.slice_lengths()
+        start = sum(lengths[:first])
+        stop = start + sum(lengths[first : first + 2**level])
+        digest = hashlib.sha256()
+        for part in (inputs.prefix, inputs.context[start:stop], inputs.suffix):
+            digest.update(part.numpy().tobytes())
+            digest.update(b"|")
+        digest.update(repr((self.plan, level, self.whole_words, self._setup_id)).encode())
+        return digest.hexdigest()
+
     def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Node:
+        if self.memo is None:
+            return self._compute_subtree(first, level, inputs)
+        key = self._memo_key(first, level, inputs)
+        found = self.memo.get(key)
+        if found is not None:
+            node = self._track(found)
+            self._done += 2 ** (level + 1) - 2  # the subtree's other nodes count as done too
+            self._report("leaf" if level == 0 else "merge", level)
+            return node
+        node = self._compute_subtree(first, level, inputs)
+        self.memo.put(key, node)
+        return node
+
+    def _compute_subtree(self, first: int, level: int, inputs: TreeInputs) -> _Node:
         if level == 0:
             return self._leaf(first, inputs)
         left = self._subtree(first, level - 1, inputs)

@@ -290,3 +290,22 @@ def test_query_aware_suffix_holds_the_question(model_dirs: dict[str, Path]) -> N
     )
     assert "Who is Tom?" in cache.info.suffix_text
     assert tokenizer.decode(cache.token_ids[-cache.info.suffix_tokens :]).endswith("Who is Tom?")
+
+
+def test_memo_reuses_unchanged_subtrees_bit_for_bit(model_dirs: dict[str, Path]) -> None:
+    from homer.tree import SubtreeMemo
+
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    config = HomerConfig(max_chunk_len=128, bias=None)
+    text = TEXT[:3000] + " The code is 4719 ."
+    edited = TEXT[:3000] + " The code is 4718 ."  # only the last chunk changes
+    assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
+    memo = SubtreeMemo()
+    compress(model, tokenizer, text, config, memo=memo)
+    misses = memo.misses
+    with_memo = compress(model, tokenizer, edited, config, memo=memo)
+    fresh = compress(model, tokenizer, edited, config)
+    assert memo.hits >= 1 and memo.misses - misses < misses
+    assert torch.equal(with_memo.token_ids, fresh.token_ids)
+    assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
+    torch.testing.assert_close(with_memo.last_logits, fresh.last_logits, rtol=0, atol=0)
