@@ -1,0 +1,267 @@
+"""Passkey retrieval: a 5-digit key hidden at a known depth in repetitive filler text.
+
+    python -m benchmarks.passkey --lengths 8000 16000 32000 --trials 20
+
+For every length and trial, the same haystack and key go to every method, so methods are
+compared on identical inputs. Methods:
+
+- `homer`: query-agnostic HOMER (generic suffix), default settings.
+- `homer-aware`: the question in the suffix (the paper's setting).
+- `homer-nobias`: query-agnostic, no calibration bias (ablation).
+- `homer-paper`: query-agnostic with the paper's single-token reduction rule.
+- `plain`: the model on the whole input (past its window beyond 8k tokens).
+- `truncated`: the model on the prompt with the document cut to its tail to fit the window.
+- `ntk`, `yarn`: the plain model with dynamic-NTK or YaRN RoPE scaling set in its config.
+- `homer+ntk`, `homer+yarn`: HOMER on the model with that RoPE scaling.
+
+The prompt is the standard passkey one: an instruction to find and memorize hidden information,
+the haystack, then "What is the pass key? The pass key is" and greedy decoding of 12 tokens
+(query-aware HOMER compresses the question with the document and continues with "The pass key
+is");
+a trial is right when the key appears in the answer. Token counts are exact: the haystack is
+whole filler sentences and the needle replaces none, so every trial of a length has the same
+number of document tokens and HOMER's unchanged subtrees are reused (`SubtreeMemo`, bit-exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from benchmarks.common import IMAGES, environment, load, markdown_table, reload_with, write_json
+
+FILLER = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+)
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+INSTRUCTION = (
+    "There is important information hidden inside a lot of irrelevant text. Find it and memorize "
+    "it. I will quiz you about the important information there.\n\n"
+)
+SUFFIX = "\n\n(End of document.)"
+QUESTION = "\n\nWhat is the pass key?"
+PRIMER = " The pass key is"
+DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+MAX_NEW = 12
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "homer" | "plain" | "truncated"
+    rope: str | None = None  # None | "ntk" | "yarn"
+    focus: bool = False
+    bias: bool = True
+    reduction: str = "spans"
+
+
+METHODS = {
+    m.name: m
+    for m in [
+        Method("homer", "homer"),
+        Method("homer-aware", "homer", focus=True),
+        Method("homer-nobias", "homer", bias=False),
+        Method("homer-paper", "homer", reduction="paper"),
+        Method("plain", "plain"),
+        Method("truncated", "truncated"),
+        Method("ntk", "plain", rope="ntk"),
+        Method("yarn", "plain", rope="yarn"),
+        Method("homer+ntk", "homer", rope="ntk"),
+        Method("homer+yarn", "homer", rope="yarn"),
+    ]
+}
+
+
+def haystack(tokenizer: Any, length: int, depth: float, key: int) -> str:
+    """About `length` tokens of filler with the needle after `depth` of the filler sentences."""
+    per = len(tokenizer(FILLER, add_special_tokens=False)["input_ids"])
+    reps = max(2, length // per)
+    at = round(reps * depth)
+    return FILLER * at + NEEDLE.format(key=key) + FILLER * (reps - at)
+
+
+def rope_parameters(model: Any, kind: str, length: int) -> dict[str, Any]:
+    """RoPE scaling as a user would put it in config.json, sized for `length` tokens."""
+    window = int(model.config.max_position_embeddings)
+    base = dict(model.config.rope_parameters or {})
+    theta = base.get("rope_theta", getattr(model.config, "rope_theta", 10000.0))
+    factor = max(1.0, (length + 64) / window)
+    if kind == "ntk":
+        return {"rope_type": "dynamic", "rope_theta": theta, "factor": factor}
+    return {
+        "rope_type": "yarn",
+        "rope_theta": theta,
+        "factor": factor,
+        "original_max_position_embeddings": window,
+    }
+
+
+def greedy(model: Any, ids: list[int], max_new: int) -> list[int]:
+    """Plain greedy decoding over a full prompt (logits for the last position only)."""
+    out: list[int] = []
+    past = None
+    inputs = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(max_new):
+            res = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = res.past_key_values
+            token = int(res.logits[0, -1].argmax())
+            out.append(token)
+            inputs = torch.tensor([[token]])
+    return out
+
+
+def run_plain(model: Any, tokenizer: Any, text: str, truncate: bool) -> str:
+    def enc(s: str) -> list[int]:
+        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
+
+    head, doc, tail = enc(INSTRUCTION), enc(text), enc(SUFFIX + QUESTION + PRIMER)
+    if truncate:
+        budget = int(model.config.max_position_embeddings) - len(head) - len(tail) - MAX_NEW
+        doc = doc[-budget:]
+    return str(tokenizer.decode(greedy(model, head + doc + tail, MAX_NEW)))
+
+
+def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) -> tuple[str, str]:
+    """HOMER's answer and the text of the tokens its cache kept."""
+    from homer import HomerConfig, compress, generate
+
+    config = HomerConfig(bias="calibrated" if method.bias else None, reduction=method.reduction)  # type: ignore[arg-type]
+    # Query-aware: the question ends the suffix, as in the paper; either way the model sees the
+    # same token sequence as the plain baseline, only compressed.
+    suffix = SUFFIX + QUESTION if method.focus else SUFFIX
+    ask = PRIMER if method.focus else QUESTION + PRIMER
+    cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
+    stream = generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
+    answer = "".join(stream)
+    return answer, str(tokenizer.decode(cache.token_ids))
+
+
+def heatmaps(
+    records: list[dict[str, Any]], methods: list[str], lengths: list[int], name: str
+) -> str:
+    """One accuracy heat map (depth x length) per method, side by side; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        grid = torch.full((len(DEPTHS), len(lengths)), float("nan"))
+        for i, depth in enumerate(DEPTHS):
+            for j, length in enumerate(lengths):
+                hits = [
+                    r["correct"]
+                    for r in records
+                    if r["method"] == method and r["length"] == length and r["depth"] == depth
+                ]
+                if hits:
+                    grid[i, j] = sum(hits) / len(hits)
+        ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_title(method, fontsize=9)
+        ax.set_xticks(range(len(lengths)), [f"{n // 1000}k" for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(DEPTHS)), [f"{int(d * 100)}%" for d in DEPTHS], fontsize=7)
+        for i in range(len(DEPTHS)):
+            for j in range(len(lengths)):
+                if not torch.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=6)
+    axes[0][0].set_ylabel("needle depth")
+    fig.suptitle("Passkey accuracy by length and depth (SmolLM2-135M, 8k window)", fontsize=9)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    path = IMAGES / f"{name}_heatmap.png"
+    fig.savefig(path, dpi=120)
+    return str(path.relative_to(IMAGES.parent.parent))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8000, 16000, 32000])
+    parser.add_argument("--trials", type=int, default=20, help="trials per length for HOMER")
+    parser.add_argument("--baseline-trials", type=int, default=5, help="trials for plain models")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["homer", "homer-aware", "homer-nobias", "plain", "truncated"],
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="passkey")
+    args = parser.parse_args()
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {sorted(METHODS)}")
+
+    from homer.tree import SubtreeMemo
+
+    base, tokenizer = load()
+    records: list[dict[str, Any]] = []
+    for length in args.lengths:
+        rng = random.Random(args.seed * 1000 + length)
+        trials = [(DEPTHS[t % len(DEPTHS)], rng.randint(10000, 99999)) for t in range(args.trials)]
+        for name in args.methods:
+            method = METHODS[name]
+            model = base
+            if method.rope:
+                model = reload_with(
+                    base, rope_parameters=rope_parameters(base, method.rope, length)
+                )
+            memo = SubtreeMemo(capacity=24)
+            count = (
+                args.trials if method.kind == "homer" else min(args.trials, args.baseline_trials)
+            )
+            for t, (depth, key) in enumerate(trials[:count]):
+                text = haystack(tokenizer, length, depth, key)
+                began = time.perf_counter()
+                kept = None
+                if method.kind == "homer":
+                    answer, kept_text = run_homer(model, tokenizer, text, method, memo)
+                    kept = str(key) in kept_text
+                else:
+                    answer = run_plain(model, tokenizer, text, truncate=method.kind == "truncated")
+                seconds = time.perf_counter() - began
+                record = {
+                    "method": name,
+                    "length": length,
+                    "trial": t,
+                    "depth": depth,
+                    "key": key,
+                    "answer": answer,
+                    "correct": str(key) in answer,
+                    "key_in_cache": kept,
+                    "seconds": round(seconds, 2),
+                }
+                records.append(record)
+                print(
+                    f"{name:13s} {length:6d} depth={depth:.1f} key={key} "
+                    f"{'OK ' if record['correct'] else 'no '} {seconds:6.1f}s {answer!r}",
+                    flush=True,
+                )
+                write_json(args.name, {"environment": environment(), "records": records})
+            del memo
+
+    rows = []
+    lengths = list(args.lengths)
+    for name in args.methods:
+        row: list[Any] = [name]
+        for length in lengths:
+            hits = [r["correct"] for r in records if r["method"] == name and r["length"] == length]
+            row.append(f"{sum(hits) / len(hits):.0%} ({sum(hits)}/{len(hits)})" if hits else "-")
+        rows.append(row)
+    table = markdown_table(["method", *[f"{n // 1000}k" for n in lengths]], rows)
+    image = heatmaps(records, list(args.methods), lengths, args.name)
+    write_json(
+        args.name,
+        {"environment": environment(), "records": records, "table": table, "heatmap": image},
+    )
+    print(table)
+    print(f"heat map: {image}")
+
+
+if __name__ == "__main__":
+    main()
