@@ -7,8 +7,10 @@ where there is one, the fix.
 
 Non-UTF-8 text is decoded with replacement characters (U+FFFD), never refused, and a `logging`
 warning says how many bytes could not be decoded: a mostly-readable file with a few stray Latin-1
-bytes is still worth reading. Text is read in blocks through an incremental decoder, so a large
-file is never held twice as bytes and text.
+bytes is still worth reading. UTF-16 (with or without a byte-order mark) is refused with the
+`iconv` command that converts it. Text is read in blocks through an incremental decoder and joined
+once at the end, so reading a file of N bytes peaks near 2N bytes of memory (the blocks, then the
+joined text), never several copies.
 
 This module knows nothing about tokenizers, models or caches.
 """
@@ -133,6 +135,7 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
     parts: list[str] = []
     replaced = 0
     first = True
+    has_text = False
     while True:
         block = fh.read(_BLOCK)
         if first:
@@ -144,6 +147,11 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
                     f"{source}: is UTF-16 text; convert it to UTF-8 first "
                     "(for example: iconv -f UTF-16 -t UTF-8)"
                 )
+            if _looks_utf16(block):
+                raise DocumentError(
+                    f"{source}: looks like UTF-16 text without a byte-order mark; convert it to "
+                    "UTF-8 first (for example: iconv -f UTF-16LE -t UTF-8)"
+                )
             if _looks_binary(block):
                 raise DocumentError(
                     f"{source}: looks like a binary file, not text; homer reads PDF, text and "
@@ -154,12 +162,14 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
         if text:
             replaced += text.count("\ufffd")
             digest.update(text.encode("utf-8"))
+            has_text = has_text or not text.isspace()
             parts.append(text)
         if final:
             break
-    full = "".join(parts)
-    if not full.strip():
+    if not has_text:  # checked per block: `full.strip()` would copy the whole text once more
         raise DocumentError(f"{source}: is empty (no text to read)")
+    full = "".join(parts)
+    del parts
     if replaced:
         logger.warning(
             "%s: %d byte sequence(s) are not valid UTF-8 and were replaced with U+FFFD",
@@ -167,6 +177,22 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
             replaced,
         )
     return Document(text=full, source=source, kind="text", sha256=digest.hexdigest())
+
+
+def _looks_utf16(block: bytes) -> bool:
+    """UTF-16 without a BOM: NUL in (nearly) every other byte, and only there."""
+    sample = block[:8192]
+    half = len(sample) // 2
+    if half < 8:
+        return False
+    lanes = sample[0 : 2 * half : 2], sample[1 : 2 * half : 2]
+    zeros = [lane.count(0) for lane in lanes]
+    if max(zeros) <= 0.4 * half or min(zeros) >= 0.02 * half:
+        return False
+    # The other lane must read as text (printable ASCII, whitespace or non-ASCII code units).
+    text = lanes[zeros.index(min(zeros))]
+    controls = sum(text.count(bytes([b])) for b in _BINARY_BYTES)
+    return controls < 0.05 * half
 
 
 def _looks_binary(block: bytes) -> bool:
