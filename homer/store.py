@@ -7,12 +7,17 @@ Layout under `paths.store_dir()` (or the `root` given to `Store`):
                                 positions, last_logits
     .locks/                     fcntl lock files (per name, per content key)
     .tmp-<pid>-*/ .trash-<pid>-*/  work folders; never listed, swept when their process is gone
+    .swap-<pid>-*/old           a cache being replaced (`overwrite`); put back if its writer died
+                                before the new one was in place, deleted otherwise
 
 A cache is written into a fresh `.tmp-*` folder (tensor file fsynced, its SHA-256 recorded in the
 metadata) and renamed into place under an exclusive per-name lock; readers take the same lock
 shared. So an interrupted write leaves at most an unlisted temp folder, and `load` never sees half
-a cache. Loading reads data only (`safetensors.torch.load_file` and `json`): nothing in a cache
-file can execute code.
+a cache. Replacing a cache takes two renames (old out, new in); a writer that dies between them
+leaves the old cache in a `.swap-*` folder, and the next listing puts it back, so an interrupted
+`--force` loses neither cache. Any `OSError` while writing (disk full, permissions) becomes a
+one-line `CacheError` and the temp folder is removed. Loading reads data only
+(`safetensors.torch.load_file` and `json`): nothing in a cache file can execute code.
 
 The content key hashes the document's SHA-256, the model and tokenizer fingerprints, the HOMER
 settings and the focus question, so ingesting the same thing again can reuse the saved cache.
@@ -57,6 +62,15 @@ META_FILE = "meta.json"
 TENSOR_FILE = "tensors.safetensors"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# What `_read_record` checks before anything reads the metadata.
+_REQUIRED_FIELDS: dict[str, type] = {
+    "key": str,
+    "model": dict,
+    "tokenizer": dict,
+    "dtype": str,
+    "tensor_file": str,
+    "tokens": dict,
+}
 _HASH_BLOCK = 1 << 22
 
 
@@ -160,12 +174,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype_from_name(name: str) -> torch.dtype:
+def _dtype_from_name(name: str, path: Path, fix: str) -> torch.dtype:
     import torch
 
     value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise CacheError(f"unknown dtype {name!r} in cache metadata")
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise CacheError(f"{path}: unknown dtype {name!r} in the cache metadata; {fix}")
     return value
 
 
@@ -190,19 +204,33 @@ class Store:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", ident) or ".." in ident:
             raise CacheError(f"invalid lock name {ident!r}")
         locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(_disk_message(exc, self.root, "use the cache store")) from exc
         return locks / f"{kind}-{ident}.lock"
 
     @contextlib.contextmanager
     def _flock(
-        self, path: Path, *, exclusive: bool, on_wait: Callable[[], None] | None = None
+        self,
+        path: Path,
+        *,
+        exclusive: bool,
+        on_wait: Callable[[], None] | None = None,
+        wait: bool = True,
     ) -> Iterator[None]:
+        """Hold an fcntl lock on `path`; with `wait=False`, raise `BlockingIOError` if busy."""
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CacheError(_disk_message(exc, self.root, "use the cache store")) from exc
         try:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    raise
                 if on_wait is not None:
                     on_wait()
                 fcntl.flock(fd, mode)
@@ -230,22 +258,28 @@ class Store:
             raise CacheError(f"invalid cache name {name!r}: it would leave the store")
         return path
 
-    def names(self) -> list[str]:
-        """Names of the complete caches (those with metadata), sorted."""
+    def _folders(self) -> list[str]:
+        """Names of every cache folder, complete or not (work folders excluded), sorted."""
         if not self.root.is_dir():
             return []
-        out = []
-        for child in self.root.iterdir():
-            if child.name.startswith(".") or not child.is_dir():
-                continue
-            if _NAME_RE.fullmatch(child.name) and (child / META_FILE).is_file():
-                out.append(child.name)
-        return sorted(out)
+        self._restore_swapped()
+        return sorted(
+            child.name
+            for child in self.root.iterdir()
+            if not child.name.startswith(".")
+            and _NAME_RE.fullmatch(child.name)
+            and ".." not in child.name
+            and child.is_dir()
+        )
+
+    def names(self) -> list[str]:
+        """Names of the complete caches (those with metadata), sorted."""
+        return [name for name in self._folders() if (self.root / name / META_FILE).is_file()]
 
     def records(self) -> list[CacheRecord]:
-        """Every readable cache, oldest first. Caches with unreadable metadata are skipped."""
+        """Every readable cache, oldest first. Damaged caches are skipped with a warning."""
         records = []
-        for name in self.names():
+        for name in self._folders():
             try:
                 records.append(self._read_record(name))
             except CacheError as exc:
@@ -277,11 +311,13 @@ class Store:
     def _read_record(self, name: str) -> CacheRecord:
         folder = self._cache_dir(name)
         meta_path = folder / META_FILE
+        fix = f"remove it with `homer rm {name}` and re-run `homer ingest`"
         if not meta_path.is_file():
+            if folder.is_dir():  # a complete cache always has metadata (it is renamed in whole)
+                raise CacheError(f"{meta_path}: metadata missing (a damaged cache); {fix}")
             available = self.names()
             listing = ", ".join(available) if available else "none; run `homer ingest` first"
             raise CacheNotFoundError(f"no cache named {name!r} (existing: {listing})", available)
-        fix = f"remove it with `homer rm {name}` and re-run `homer ingest`"
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -296,9 +332,14 @@ class Store:
                 f"{meta_path}: cache format version {version} is newer than this homer reads "
                 f"({FORMAT_VERSION}); upgrade homer, or {fix}"
             )
-        for field in ("key", "model", "tokenizer", "dtype", "tensor_file", "tokens"):
+        for field, kind in _REQUIRED_FIELDS.items():
             if field not in meta:
                 raise CacheError(f"{meta_path}: metadata lacks {field!r}; {fix}")
+            if not isinstance(meta[field], kind):
+                raise CacheError(
+                    f"{meta_path}: metadata field {field!r} is a {type(meta[field]).__name__}, "
+                    f"not a {kind.__name__}; {fix}"
+                )
         return CacheRecord(name=name, path=folder, meta=meta)
 
     # ---------------------------------------------------------------- saving
@@ -333,10 +374,11 @@ class Store:
                 left behind).
         """
         folder = self._cache_dir(name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._sweep()
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
+        tmp: Path | None = None
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
             tensor_path = tmp / TENSOR_FILE
             _write_tensors(cache, tensor_path)
             meta = self._metadata(
@@ -363,17 +405,14 @@ class Store:
                             f"a cache named {name!r} already exists; choose another --name, "
                             "or pass --force to replace it"
                         )
-                    trash = Path(tempfile.mkdtemp(prefix=f".trash-{os.getpid()}-", dir=self.root))
-                    os.replace(folder, trash / "old")
-                    os.replace(tmp, folder)
-                    shutil.rmtree(trash, ignore_errors=True)
+                    self._replace(folder, tmp)
                 else:
                     os.replace(tmp, folder)
                 _fsync_dir(self.root)
         except OSError as exc:
             raise CacheError(_disk_message(exc, self.root)) from exc
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         logger.info("saved cache %s (%s)", name, folder)
         return CacheRecord(name=name, path=folder, meta=meta)
@@ -382,9 +421,10 @@ class Store:
         """Save the cache `src` again under the name `dst` (same content, same key)."""
         record = self.record(src)
         target = self._cache_dir(dst)
-        self._sweep()
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
+        tmp: Path | None = None
         try:
+            self._sweep()
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
             with self._name_lock(src, exclusive=False):
                 shutil.copy2(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
             meta = dict(record.meta)
@@ -402,7 +442,7 @@ class Store:
         except OSError as exc:
             raise CacheError(_disk_message(exc, self.root)) from exc
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return CacheRecord(name=dst, path=target, meta=meta)
 
@@ -461,12 +501,48 @@ class Store:
             "extra": dict(extra),
         }
 
+    def _replace(self, folder: Path, new: Path) -> None:
+        """Put the complete cache `new` in place of the cache `folder` (name lock held).
+
+        The old cache waits in `.swap-<pid>-*/old` until the new one is in place. If this
+        process is interrupted between the two renames it puts the old one back; if it is killed
+        there, `_restore_swapped` (run by the next listing) does.
+        """
+        swap = Path(tempfile.mkdtemp(prefix=f".swap-{os.getpid()}-", dir=self.root))
+        os.replace(folder, swap / "old")
+        try:
+            os.replace(new, folder)
+        except BaseException:
+            if not folder.exists():
+                os.replace(swap / "old", folder)
+            shutil.rmtree(swap, ignore_errors=True)
+            raise
+        shutil.rmtree(swap, ignore_errors=True)
+
+    def _restore_swapped(self) -> None:
+        """Put back caches whose replacement was killed between its two renames."""
+        for child in self.root.iterdir():
+            match = re.fullmatch(r"\.swap-(\d+)-.*", child.name)
+            if not match or _pid_alive(int(match.group(1))):
+                continue
+            old = child / "old"
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError):
+                name = validate_name(json.loads((old / META_FILE).read_text("utf-8"))["name"])
+                # Never wait here: the caller may hold this very name's lock (a load that found
+                # the name missing lists the store); a busy name is restored by a later listing.
+                lock = self._lock_path("name", name)
+                with self._flock(lock, exclusive=True, wait=False):
+                    if old.is_dir() and not (self.root / name).exists():
+                        os.replace(old, self.root / name)
+                        logger.warning("restored cache %s after an interrupted replacement", name)
+
     def _sweep(self) -> None:
-        """Remove temp and trash folders left by processes that no longer exist."""
+        """Remove temp, trash and swap folders left by processes that no longer exist."""
         if not self.root.is_dir():
             return
+        self._restore_swapped()
         for child in self.root.iterdir():
-            match = re.fullmatch(r"\.(tmp|trash)-(\d+)-.*", child.name)
+            match = re.fullmatch(r"\.(tmp|trash|swap)-(\d+)-.*", child.name)
             if match and not _pid_alive(int(match.group(2))):
                 logger.info("removing %s left by an interrupted write", child)
                 shutil.rmtree(child, ignore_errors=True)
@@ -503,8 +579,13 @@ class Store:
             meta = record.meta
             fix = f"remove it with `homer rm {name}` and re-run `homer ingest`"
             self._check_fingerprints(record, model_fingerprint, tokenizer_fingerprint, model_id)
-            tensor_path = record.path / str(meta["tensor_file"])
-            if tensor_path.name != TENSOR_FILE or not tensor_path.is_file():
+            if meta["tensor_file"] != TENSOR_FILE:
+                raise CacheError(
+                    f"{record.path / META_FILE}: tensor_file is {meta['tensor_file']!r}, "
+                    f"not {TENSOR_FILE!r}; {fix}"
+                )
+            tensor_path = record.path / TENSOR_FILE
+            if not tensor_path.is_file():
                 raise CacheError(f"{tensor_path}: tensor file missing; {fix}")
             size = tensor_path.stat().st_size
             if size != meta.get("tensor_bytes"):
@@ -518,8 +599,9 @@ class Store:
         cache = _cache_from_tensors(tensors, meta, tensor_path, fix)
         if dtype is not None and cache.dtype != dtype:
             logger.info("converting cache %s from %s to %s", name, cache.dtype, dtype)
-        if (dtype is not None and cache.dtype != dtype) or device is not None:
-            cache = cache.to(device=device, dtype=dtype)
+            cache = _convert(cache, dtype, name)
+        if device is not None:
+            cache = cache.to(device=device)
         return cache, record
 
     def _check_fingerprints(
@@ -532,6 +614,20 @@ class Store:
         meta = record.meta
         saved_model = meta["model"]
         using = model_id or "the model in use"
+        if (
+            model_fingerprint is not None
+            and saved_model.get("fingerprint") != model_fingerprint
+            and model_id is not None
+            and saved_model.get("id") == model_id
+        ):
+            # Same name, other weights: most often the same checkpoint rounded to another dtype
+            # (float32 weights in float16 are not the bfloat16 weights that built the cache).
+            raise CacheMismatchError(
+                f"cache {record.name!r} was built with {model_id!r} in {meta['dtype']}, and the "
+                f"weights loaded now differ (fingerprint {model_fingerprint}, not "
+                f"{saved_model.get('fingerprint')}); ask with --dtype {meta['dtype']}, or re-run "
+                "`homer ingest` with these settings"
+            )
         if model_fingerprint is not None and saved_model.get("fingerprint") != model_fingerprint:
             raise CacheMismatchError(
                 f"cache {record.name!r} was built with model {saved_model.get('id')!r} "
@@ -560,8 +656,11 @@ class Store:
             listing = ", ".join(available) if available else "none"
             raise CacheNotFoundError(f"no cache named {name!r} (existing: {listing})", available)
         with self._name_lock(name, exclusive=True):
-            trash = Path(tempfile.mkdtemp(prefix=f".trash-{os.getpid()}-", dir=self.root))
-            os.replace(folder, trash / "old")
+            try:
+                trash = Path(tempfile.mkdtemp(prefix=f".trash-{os.getpid()}-", dir=self.root))
+                os.replace(folder, trash / "old")
+            except OSError as exc:
+                raise CacheError(_disk_message(exc, self.root, f"remove {name!r}")) from exc
             shutil.rmtree(trash, ignore_errors=True)
         with contextlib.suppress(OSError):
             self._lock_path("name", name).unlink()
@@ -596,6 +695,28 @@ def _read_tensors(path: Path, fix: str) -> dict[str, torch.Tensor]:
         raise CacheError(f"{path}: not a valid safetensors file ({exc}); {fix}") from exc
 
 
+def _convert(cache: HomerCache, dtype: torch.dtype, name: str) -> HomerCache:
+    """`cache` with keys and values cast to `dtype`, refused if a finite value would overflow.
+
+    Casting is what the model would have computed in that dtype up to rounding, except where a
+    value does not fit (bfloat16 or float32 magnitudes beyond float16's 65504): those would turn
+    into infinities and silently spoil every answer, so the cache is refused instead.
+    """
+    import torch
+
+    converted = cache.to(dtype=dtype)
+    for before, after in zip(
+        (*cache.keys, *cache.values), (*converted.keys, *converted.values), strict=True
+    ):
+        if not bool(torch.isfinite(after).all()) and bool(torch.isfinite(before).all()):
+            saved = dtype_name(cache.dtype)
+            raise CacheError(
+                f"cache {name!r} holds {saved} values too large for {dtype_name(dtype)}; "
+                f"ask with --dtype {saved}"
+            )
+    return converted
+
+
 def _cache_from_tensors(
     tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path, fix: str
 ) -> HomerCache:
@@ -605,7 +726,7 @@ def _cache_from_tensors(
         num_layers = int(meta["num_layers"])
         keys = [tensors[f"layers.{i}.keys"] for i in range(num_layers)]
         values = [tensors[f"layers.{i}.values"] for i in range(num_layers)]
-        expected = _dtype_from_name(str(meta["dtype"]))
+        expected = _dtype_from_name(str(meta["dtype"]), path, fix)
         if any(t.dtype != expected for t in (*keys, *values)):
             raise CacheError(f"{path}: tensors are not {meta['dtype']} as recorded; {fix}")
         cache = HomerCache(
@@ -660,9 +781,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _disk_message(exc: OSError, root: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"could not save the cache: no space left on the device holding {root}"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"could not save the cache: permission denied in {root} (set HOMER_HOME?)"
-    return f"could not save the cache in {root}: {exc.strerror or exc}"
+def _disk_message(exc: OSError, root: Path, doing: str = "save the cache") -> str:
+    """One line for an `OSError` met while writing the store at `root`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"could not {doing}: no space left on the device holding {root}; free some space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"could not {doing}: {exc.strerror or 'permission denied'} in {root} "
+            "(set HOMER_HOME to a writable folder?)"
+        )
+    return f"could not {doing} in {root}: {exc.strerror or exc}"
