@@ -1,8 +1,9 @@
 """The one place where exceptions become what a shell user sees: a line on stderr and an exit code.
 
-Known errors (`HomerError`, bad option values, out of memory, Ctrl-C) print one line prefixed
-with `homer: ` and exit 1 (130 for Ctrl-C). Anything else is a bug: one line too, exit 2, with a
-hint. `HOMER_DEBUG=1` re-raises everything so the full traceback shows.
+Known errors (`HomerError`, bad option values, out of memory, the system refusing a file
+operation, Ctrl-C) print one line prefixed with `homer: ` and exit 1 (130 for Ctrl-C). Anything
+else is a bug: one line too, exit 2, with a hint. `HOMER_DEBUG=1` re-raises everything so the full
+traceback shows.
 
 Nothing here imports torch: out-of-memory errors are recognised by type name and message.
 """
@@ -10,6 +11,7 @@ Nothing here imports torch: out-of-memory errors are recognised by type name and
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -53,12 +55,30 @@ def _one_line(exc: BaseException) -> str:
     return first or type(exc).__name__
 
 
+def _memory_advice(max_chunk_option: bool, hint_max_chunk: int | None) -> str:
+    if max_chunk_option:
+        now = f" (now {hint_max_chunk})" if hint_max_chunk else " (default: half the window)"
+        return f"out of memory: lower --max-chunk{now}, or use --dtype bfloat16 / a smaller model"
+    return "out of memory: use --dtype bfloat16, --device cpu or a smaller model"
+
+
+def _os_message(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}; free some space and try again"
+    return f"{exc.strerror or _one_line(exc)}{where}"
+
+
 @contextlib.contextmanager
-def user_errors(hint_max_chunk: int | None = None) -> Iterator[None]:
+def user_errors(
+    hint_max_chunk: int | None = None, *, max_chunk_option: bool = False
+) -> Iterator[None]:
     """Turn exceptions raised inside the block into a one-line message and an exit code.
 
     Args:
         hint_max_chunk: the `--max-chunk` in use, quoted in the out-of-memory advice.
+        max_chunk_option: the command has `--max-chunk` (ingest, calibrate), so out-of-memory
+            advice names it; other commands get advice they can act on.
     """
     try:
         yield
@@ -83,8 +103,7 @@ def user_errors(hint_max_chunk: int | None = None) -> Iterator[None]:
         if debug_enabled():
             raise
         if _is_out_of_memory(exc):
-            now = f" (now {hint_max_chunk})" if hint_max_chunk else ""
-            say(f"out of memory: lower --max-chunk{now}, or use --dtype bfloat16 / a smaller model")
+            say(_memory_advice(max_chunk_option, hint_max_chunk))
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, HomerError):
             say(_one_line(exc))
@@ -92,6 +111,10 @@ def user_errors(hint_max_chunk: int | None = None) -> Iterator[None]:
         if isinstance(exc, ValueError):
             # The library validates settings with ValueError (HomerConfig, generation options).
             say(_one_line(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # The system refused a file operation (a full disk, a read-only folder): not a bug.
+            say(_os_message(exc))
             raise typer.Exit(EXIT_USER_ERROR) from None
         say(
             f"unexpected error: {type(exc).__name__}: {_one_line(exc)} "

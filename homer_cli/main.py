@@ -107,14 +107,19 @@ MaxChunkOpt = Annotated[
 # ----------------------------------------------------------------------------- helpers
 
 
-def _setup_runtime() -> None:
-    """Quiet the libraries: our own warnings as one line each, nothing from transformers' bars."""
+def _setup_logging() -> None:
+    """homer's own warnings as one `homer: ` line each on stderr (all levels with HOMER_DEBUG)."""
     handler = logging.StreamHandler()  # resolves sys.stderr now (CliRunner swaps it)
     handler.setFormatter(logging.Formatter("homer: %(message)s"))
     root = logging.getLogger("homer")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug_enabled() else logging.WARNING)
     root.propagate = False
+
+
+def _setup_runtime() -> None:
+    """Quiet the libraries: our own warnings as one line each, nothing from transformers' bars."""
+    _setup_logging()
     if not debug_enabled():
         warnings.filterwarnings("ignore")
     import transformers
@@ -288,7 +293,7 @@ def ingest(
     cat notes.md | homer ingest - --budget 1024
     ```
     """
-    with user_errors(hint_max_chunk=max_chunk):
+    with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
         from homer.config import HomerConfig
         from homer.store import Store, validate_name
 
@@ -321,9 +326,7 @@ def ingest(
         )
         store = Store()
         target = name or derive_name(document.source, key)
-        with store.ingest_lock(
-            key, on_wait=lambda: _notice("waiting for another ingest of the same document…")
-        ):
+        with store.ingest_lock(key, on_wait=_waiting_for_ingest):
             reused = None if force else _reuse(store, key, target, explicit_name=name is not None)
             if reused is not None:
                 _notice(
@@ -372,6 +375,13 @@ def ingest(
                 extra={"compress_seconds": round(elapsed, 3), "device": str(cache.device)},
             )
         typer.echo(target)
+
+
+def _waiting_for_ingest() -> None:
+    """Another process holds this document's ingest lock: say so (and log it for HOMER_DEBUG)."""
+    message = "waiting for another ingest of the same document…"
+    logging.getLogger("homer.cli").info(message)
+    _notice(message)
 
 
 def _reuse(store: Store, key: str, target: str, *, explicit_name: bool) -> str | None:
@@ -570,6 +580,7 @@ def list_caches(
     ```
     """
     with user_errors():
+        _setup_logging()
         from homer.store import Store
 
         records = Store().records()
@@ -632,6 +643,7 @@ def show(
     ```
     """
     with user_errors():
+        _setup_logging()
         from homer.store import Store
 
         record = _pick_record(Store(), name)
@@ -655,6 +667,7 @@ def rm(
     ```
     """
     with user_errors():
+        _setup_logging()
         from homer.store import Store
 
         store = Store()
@@ -682,7 +695,7 @@ def calibrate(
     homer calibrate --model Qwen/Qwen2.5-1.5B-Instruct --device cuda
     ```
     """
-    with user_errors(hint_max_chunk=max_chunk):
+    with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
         from homer.config import HomerConfig
 
         _check_at_least("--max-chunk", max_chunk, 8)
