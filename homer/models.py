@@ -234,6 +234,11 @@ def load_model(
             "(is it a local folder or a Hub id already in the local cache? homer runs offline)"
         ) from exc
     except ValueError as exc:
+        if not trust_remote_code and ("custom code" in str(exc) or "trust_remote_code" in str(exc)):
+            raise ModelLoadError(
+                f"could not load model {name!r}: it needs its own Python code, which homer does "
+                "not run unless you pass --trust-remote-code (read that code first)"
+            ) from exc
         raise ModelLoadError(f"could not load model {name!r}: {_first_line(exc)}") from exc
     model.to(resolved_device)
     model.eval()
