@@ -1,10 +1,12 @@
-"""Shared fixtures: every test gets its own HOMER_HOME; one tiny random model per session."""
+"""Shared fixtures: every test gets its own HOMER_HOME; one tiny random model, calibrated once."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.tiny import make_tiny_model_dir
 
@@ -23,3 +25,29 @@ def homer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (GQA) and its tokenizer saved with `save_pretrained`."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"), arch="llama")
+
+
+#: `--max-chunk` every CLI test uses with the tiny model (its window is 256).
+MAX_CHUNK = "200"
+
+
+@pytest.fixture(scope="session")
+def calibrated(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Calibrate the tiny model once through `homer calibrate`; tests copy the result."""
+    from homer_cli.main import app
+
+    home = tmp_path_factory.mktemp("calibrated-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOMER_HOME", str(home))
+        args = ["calibrate", "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert Path(result.stdout.strip()).is_file()
+    return home / "calibration"
+
+
+@pytest.fixture
+def engine_home(calibrated: Path, homer_home: Path) -> Path:
+    """This test's HOMER_HOME, with the tiny model's calibration already in place."""
+    shutil.copytree(calibrated, homer_home / "calibration")
+    return homer_home

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,37 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from homer_cli.main import app
-from tests.tiny import make_tiny_model_dir
+from tests.conftest import MAX_CHUNK
 
 runner = CliRunner()
 
 COMMANDS = ["ingest", "ask", "summarize", "list", "show", "rm", "calibrate"]
-MAX_CHUNK = "200"
-
-
-@pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Same shape and tokenizer as `tiny_model_dir`, other weights."""
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-other"), arch="llama", seed=1)
-
-
-@pytest.fixture(scope="module")
-def calibrated(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Calibrate the tiny model once through `homer calibrate`; tests copy the result."""
-    home = tmp_path_factory.mktemp("calibrated-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOMER_HOME", str(home))
-        result = invoke("calibrate", "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK)
-        assert result.exit_code == 0, (result.output, result.exception)  # type: ignore[attr-defined]
-        assert Path(result.stdout.strip()).is_file()  # type: ignore[attr-defined]
-    return home / "calibration"
-
-
-@pytest.fixture
-def engine_home(calibrated: Path, homer_home: Path) -> Path:
-    """This test's HOMER_HOME, with the tiny model's calibration already in place."""
-    shutil.copytree(calibrated, homer_home / "calibration")
-    return homer_home
 
 
 @pytest.fixture
@@ -135,35 +108,6 @@ def test_show_and_rm_unknown() -> None:
     one_line_error(invoke("rm", "nope"), "no cache named 'nope'")
 
 
-def test_bad_document_writes_nothing(tmp_path: Path, homer_home: Path) -> None:
-    empty = tmp_path / "empty.txt"
-    empty.write_text("   \n")
-    one_line_error(invoke("ingest", str(empty)), "empty")
-    one_line_error(invoke("ingest", str(tmp_path / "missing.pdf")), "no such file")
-    one_line_error(invoke("ingest", str(tmp_path)), "directory")
-    assert not (homer_home / "caches").exists() or not list((homer_home / "caches").glob("[!.]*"))
-
-
-def test_bad_options_are_one_line(document: Path) -> None:
-    one_line_error(
-        invoke("ingest", str(document), "--budget", "300", "--max-chunk", "200"),
-        "target_len (300) cannot exceed max_chunk_len (200)",
-    )
-    one_line_error(invoke("ingest", str(document), "--name", "../escape"), "invalid cache name")
-    one_line_error(invoke("ingest", str(document), "--max-chunk", "0"), "--max-chunk", "got 0")
-    one_line_error(invoke("ingest", str(document), "--budget", "-5"), "--budget", "got -5")
-    one_line_error(invoke("ask", "Who?", "--max-tokens", "0"), "--max-tokens")
-    one_line_error(invoke("ask", "Who?", "--top-p", "1.5"), "--top-p")
-    one_line_error(invoke("ask", "Who?", "--temperature", "-1"), "--temperature")
-
-
-def test_unknown_model(document: Path, tmp_path: Path) -> None:
-    one_line_error(
-        invoke("ingest", str(document), "--model", str(tmp_path / "no-such-model")),
-        "no-such-model",
-    )
-
-
 def test_debug_env_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMER_DEBUG", "1")
     result = invoke("show", "nope")
@@ -171,14 +115,6 @@ def test_debug_env_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     from homer.errors import CacheError
 
     assert isinstance(result.exception, CacheError)  # type: ignore[attr-defined]
-
-
-def test_out_of_memory_is_explained(monkeypatch: pytest.MonkeyPatch, document: Path) -> None:
-    def oom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr("homer.documents.load_document", oom)
-    one_line_error(invoke("ingest", str(document), "--max-chunk", "512"), "--max-chunk (now 512)")
 
 
 # ----------------------------------------------------------------------------- with the engine
@@ -265,17 +201,6 @@ def test_names_force_and_unknown_cache(
     one_line_error(
         invoke("ask", "Who?", "--cache", "nope"), "no cache named 'nope'", "book", "book2"
     )
-
-
-def test_cache_from_another_model_is_refused(
-    tiny_model_dir: Path, other_model_dir: Path, document: Path, engine_home: Path
-) -> None:
-    result = invoke(
-        "ingest", str(document), "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK
-    )
-    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
-    err = one_line_error(invoke("ask", "Who?", "--model", str(other_model_dir)), "was built with")
-    assert str(tiny_model_dir) in err and str(other_model_dir) in err
 
 
 def test_ingest_from_stdin_and_dtype_conversion(tiny_model_dir: Path, engine_home: Path) -> None:
