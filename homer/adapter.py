@@ -169,15 +169,32 @@ class ModelAdapter:
         cos, sin = self.rotary_emb(hidden, positions.to(hidden.device).unsqueeze(0))
         return cos, sin
 
-    def _causal_mask(self, length: int, hidden: torch.Tensor) -> torch.Tensor | None:
-        # SDPA and flash attention are causal on their own when queries and keys have the same
-        # length, as they do here (each stage runs on a fresh chunk, with no cache); eager
-        # attention adds whatever mask it gets, so it needs an explicit one.
-        if self.attn_implementation != "eager":
+    def attention_mask(
+        self, hidden: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The mask for one chunk of `(1, T, hidden)` states, or None where causal is implicit.
+
+        Without `positions` (or with increasing ones) it is the plain causal mask: SDPA and flash
+        attention apply it on their own when queries and keys have the same length, as they do
+        here (each stage runs on a fresh chunk with no cache), so they get None; eager attention
+        adds whatever it gets, so it gets an explicit one. With `positions` that repeat (merged
+        siblings), a token may also not attend to a token at a *larger position id*, even one
+        earlier in the sequence: no query then sees a key from its future (see DESIGN.md).
+        """
+        length = hidden.shape[1]
+        device = hidden.device
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        monotonic = positions is None or bool((positions[1:] >= positions[:-1]).all())
+        if monotonic and self.attn_implementation != "eager":
             return None
-        blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
-        mask = torch.zeros(length, length, dtype=hidden.dtype, device=hidden.device)
-        return mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+        if not monotonic:
+            assert positions is not None
+            pos = positions.to(device)
+            allowed &= pos[None, :] <= pos[:, None]
+        if self.attn_implementation == "eager":
+            mask = torch.zeros(length, length, dtype=hidden.dtype, device=device)
+            return mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[None, None]
+        return allowed[None, None]
 
     def _base_attention(self) -> Callable[..., Any]:
         if self.attn_implementation == "eager":
@@ -204,6 +221,7 @@ class ModelAdapter:
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         layers: range,
         query_layers: frozenset[int] = frozenset(),
+        mask: torch.Tensor | None = None,
     ) -> LayerRun:
         """Run decoder layers `layers` on one chunk, causally over its own tokens only.
 
@@ -212,9 +230,11 @@ class ModelAdapter:
             position_embeddings: from `rotary` for this chunk's positions.
             layers: consecutive layer indices.
             query_layers: layers whose last-token query to record.
+            mask: from `attention_mask`; None means plain causal attention.
         """
         capture = _Capture(base=self._base_attention(), query_layers=query_layers)
-        mask = self._causal_mask(hidden.shape[1], hidden)
+        if mask is None:
+            mask = self.attention_mask(hidden)
         with self._capturing(capture):
             for idx in layers:
                 out = self.layers[idx](

@@ -16,7 +16,7 @@ from homer.cache import CacheInfo, HomerCache
 from homer.calibration import Calibration, calibrate
 from homer.config import HomerConfig
 from homer.errors import DocumentError
-from homer.prompts import PromptTemplate, encode
+from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
 from homer.words import token_kinds, word_ids
@@ -71,7 +71,7 @@ def compress(
     prefix_ids = encode(tokenizer, prefix_text)
     if template.add_bos:
         prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
-    context = _ids(encode(tokenizer, text))
+    context = encode_document(tokenizer, text)
     if context.numel() == 0:
         raise DocumentError("the document holds no text to compress")
     plan = Plan(
@@ -114,6 +114,7 @@ def compress(
         whole_words=resolved.reduction == "spans",
         progress=progress,
         memo=memo,
+        position_mask=resolved.merge_mask == "position",
     )
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Reduction = Literal["paper", "spans"]
+MergeMask = Literal["sequence", "position"]
 BiasMode = Literal["calibrated"]
 
 #: The paper uses 12 warm-up layers for 32-layer Llama-2 models; deeper or shallower models keep
@@ -46,6 +47,7 @@ class HomerConfig:
     warmup_layers: int | None = None
     bias: BiasMode | None = "calibrated"
     reduction: Reduction = "spans"
+    merge_mask: MergeMask = "sequence"
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_len", "target_len"):
@@ -69,6 +71,10 @@ class HomerConfig:
             )
         if self.bias not in ("calibrated", None):
             raise ValueError(f"bias must be 'calibrated' or None, got {self.bias!r}")
+        if self.merge_mask not in ("sequence", "position"):
+            raise ValueError(
+                f"merge_mask must be 'sequence' or 'position', got {self.merge_mask!r}"
+            )
         if self.reduction not in ("paper", "spans"):
             raise ValueError(f"reduction must be 'paper' or 'spans', got {self.reduction!r}")
 
@@ -107,6 +113,7 @@ class HomerConfig:
             window=window,
             bias=self.bias,
             reduction=self.reduction,
+            merge_mask=self.merge_mask,
         )
 
 
@@ -121,6 +128,7 @@ class ResolvedConfig:
     window: int
     bias: BiasMode | None
     reduction: Reduction
+    merge_mask: MergeMask = "sequence"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

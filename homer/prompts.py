@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 INSTRUCTION = "Read the document below carefully; you will be asked about it.\n\nDocument:\n"
 GENERIC_SUFFIX = "\n\n(End of document.)"
 FOCUS_SUFFIX = "\n\n(End of document.) Keep in mind the question: {question}"
@@ -69,3 +71,39 @@ def _adds_bos(tokenizer: Any) -> bool:
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of `text` with no special tokens added (special-token text is still parsed)."""
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+#: Characters tokenized per call for long documents: bounds the tokenizer's working memory
+#: (about 170 bytes per character of text in one call) without changing short documents.
+DOCUMENT_PIECE_CHARS = 200_000
+
+
+def _piece_end(text: str, start: int, limit: int) -> int:
+    """Where to cut after `start`: just past a paragraph break, else a line break, else a space,
+    so the next piece starts a word as the tokenizer would have seen it."""
+    end = start + limit
+    if end >= len(text):
+        return len(text)
+    for sep in ("\n\n", "\n", " "):
+        cut = text.rfind(sep, start + limit // 2, end)
+        if cut != -1:
+            return cut + len(sep) if sep != " " else cut
+    return end
+
+
+def encode_document(
+    tokenizer: Any, text: str, piece_chars: int = DOCUMENT_PIECE_CHARS
+) -> torch.Tensor:
+    """`(C,)` int64 ids of a document of any size, tokenized in bounded pieces.
+
+    Pieces end at paragraph, line or word boundaries, so the ids match one-call tokenization
+    (exactly so for documents shorter than `piece_chars`).
+    """
+    pieces: list[torch.Tensor] = []
+    start = 0
+    while start < len(text):
+        end = _piece_end(text, start, piece_chars)
+        ids = tokenizer(text[start:end], add_special_tokens=False, verbose=False)["input_ids"]
+        pieces.append(torch.tensor(ids, dtype=torch.long))
+        start = end
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)

@@ -103,6 +103,7 @@ class TreeRunner:
         schedule: layer ranges per level.
         bias: `(num_layers, max_distance)` calibration bias, or None for raw logits.
         whole_words: keep words whole when pruning (span-aware selection).
+        position_mask: in merged nodes, also forbid attending to larger position ids.
         progress: called after every node.
     """
 
@@ -115,12 +116,19 @@ class TreeRunner:
         whole_words: bool,
         progress: ProgressCallback | None = None,
         memo: SubtreeMemo | None = None,
+        position_mask: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.position_mask = position_mask
         self.memo = memo
         # What else a subtree's result depends on: the model object and the bias values.
         bias_digest = "" if bias is None else hashlib.sha256(bias.numpy().tobytes()).hexdigest()
-        self._setup_id = (id(adapter.model), bias_digest, tuple(schedule.layers(0)))
+        self._setup_id = (
+            id(adapter.model),
+            bias_digest,
+            tuple(schedule.layers(0)),
+            position_mask,
+        )
         self.plan = plan
         self.schedule = schedule
         self.bias = bias
@@ -143,7 +151,12 @@ class TreeRunner:
         layers = self.schedule.layers(level)
         last = layers[-1]
         rope = self.adapter.rotary(node.hidden, node.positions)
-        run = self.adapter.run_layers(node.hidden, rope, layers, query_layers=frozenset({last}))
+        mask = self.adapter.attention_mask(
+            node.hidden, node.positions if self.position_mask else None
+        )
+        run = self.adapter.run_layers(
+            node.hidden, rope, layers, query_layers=frozenset({last}), mask=mask
+        )
         node = NodeState(
             hidden=run.hidden,
             token_ids=node.token_ids,

@@ -176,10 +176,15 @@ def test_layers_run_cover_the_model_once_along_every_path(
     real = ModelAdapter.run_layers
 
     def spy(
-        self: ModelAdapter, hidden: Any, rope: Any, layers: range, query_layers: Any = frozenset()
+        self: ModelAdapter,
+        hidden: Any,
+        rope: Any,
+        layers: range,
+        query_layers: Any = frozenset(),
+        mask: Any = None,
     ) -> Any:
         runs.append(layers)
-        return real(self, hidden, rope, layers, query_layers)
+        return real(self, hidden, rope, layers, query_layers, mask)
 
     monkeypatch.setattr(ModelAdapter, "run_layers", spy)
     cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128, bias=None))
@@ -309,3 +314,44 @@ def test_memo_reuses_unchanged_subtrees_bit_for_bit(model_dirs: dict[str, Path])
     assert torch.equal(with_memo.token_ids, fresh.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
     torch.testing.assert_close(with_memo.last_logits, fresh.last_logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_position_mask_forbids_only_keys_from_the_future(
+    model_dirs: dict[str, Path], attn: str
+) -> None:
+    model, _ = load(model_dirs["llama"], attn)
+    adapter = ModelAdapter(model)
+    hidden = torch.zeros(1, 6, 64)
+    assert (adapter.attention_mask(hidden) is None) == (attn == "sdpa")
+    # Two merged siblings: contexts at positions 1-2 and 1-2 again, suffix at 3.
+    mask = adapter.attention_mask(hidden, torch.tensor([0, 1, 2, 1, 2, 3]))
+    assert mask is not None
+    allowed = mask[0, 0] if mask.dtype == torch.bool else mask[0, 0] == 0
+    # Row 3 (right sibling, position 1) sees the prefix and the left token at position 1, not
+    # the left token at position 2; the suffix (row 5) sees everything.
+    assert allowed[3].tolist() == [True, True, False, True, False, False]
+    assert allowed[5].all()
+    assert not allowed.triu(1).any()
+
+
+def test_position_mask_keeps_every_invariant(model_dirs: dict[str, Path]) -> None:
+    model, tokenizer = load(model_dirs["qwen3"], "sdpa")
+    config = HomerConfig(max_chunk_len=128, target_len=100, merge_mask="position")
+    cache = compress(model, tokenizer, TEXT[:3000], config)
+    assert {k.shape[2] for k in cache.keys} == {100}
+    one_chunk = compress(
+        model, tokenizer, TEXT[:100], HomerConfig(max_chunk_len=256, merge_mask="position")
+    )
+    plain = compress(model, tokenizer, TEXT[:100], HomerConfig(max_chunk_len=256))
+    assert torch.equal(one_chunk.last_logits, plain.last_logits)
+
+
+def test_long_documents_tokenize_in_pieces_like_one_call(model_dirs: dict[str, Path]) -> None:
+    from homer.prompts import encode_document
+
+    _, tokenizer = load(model_dirs["llama"], "sdpa")
+    text = TEXT[:20000]
+    whole = encode(tokenizer, text)
+    assert encode_document(tokenizer, text).tolist() == whole
+    assert encode_document(tokenizer, text, piece_chars=3000).tolist() == whole
