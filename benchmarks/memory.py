@@ -374,6 +374,7 @@ def plot(records: list[dict[str, Any]], name: str, title: str) -> str:
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    mem.set_ylim(bottom=0)  # growth is read against zero, not against the smallest value
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
