@@ -128,8 +128,9 @@ def same_as_plain(name: str, base: Any, context: int, seg: int) -> bool:
     return False
 
 
-def plot(records: list[dict[str, Any]], methods: list[str], window: int, name: str) -> str:
-    """Perplexity against context length, one line per method; returns the PNG path."""
+def plot(records: list[dict[str, Any]], methods: list[str], edge: int, name: str) -> str:
+    """Perplexity against context length, one line per method, with a line at `edge` (the longest
+    context whose segment still fits the window); returns the PNG path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,8 +142,8 @@ def plot(records: list[dict[str, Any]], methods: list[str], window: int, name: s
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", label=method)
-    ax.axvline(window, color="grey", linestyle=":", linewidth=1)
-    ax.text(window, ax.get_ylim()[1], " window", va="top", fontsize=8, color="grey")
+    ax.axvline(edge, color="grey", linestyle=":", linewidth=1)
+    ax.text(edge, ax.get_ylim()[1], " window full", va="top", fontsize=8, color="grey")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context before the scored 2k-token segment (tokens)")
@@ -230,7 +231,8 @@ def main() -> None:
             row.append("-" if hit is None else f"{hit['ppl']:.2f}")
         rows.append(row)
     table = markdown_table(["method", *[f"{c / 1024:g}k" for c in contexts]], rows)
-    image = plot(records, methods, int(base.config.max_position_embeddings), args.name)
+    edge = int(base.config.max_position_embeddings) - args.segment
+    image = plot(records, methods, edge, args.name)
     write_json(
         args.name,
         {"environment": record_env(), "records": records, "table": table, "plot": image},
