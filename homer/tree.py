@@ -182,6 +182,9 @@ class TreeRunner:
         mask = torch.ones(length, dtype=torch.bool)
         mask[: self.plan.prefix_len] = False
         mask[length - self.plan.suffix_len :] = False
+        # The last token's query scores everyone else; it stays even with an empty suffix, so
+        # `last_logits` is always the prediction after the whole prompt.
+        mask[-1] = False
         return mask
 
     def _report(self, stage: str, level: int) -> None:
