@@ -301,7 +301,10 @@ class Store:
             CacheNotFoundError: no such cache (lists those that exist).
             CacheError: its metadata is damaged or from a newer homer.
         """
-        return self._read_record(name)
+        # The shared name lock waits out a replacement in progress (`save --force` renames the
+        # old cache out before the new one in), so a reader never sees the name missing.
+        with self._name_lock(name, exclusive=False):
+            return self._read_record(name)
 
     def find(self, key: str) -> CacheRecord | None:
         """A cache with content key `key`, if one is saved (the newest if several)."""
