@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import IMAGES, ROOT, environment, markdown_table, write_json
+from benchmarks.common import ROOT, environment, markdown_table, save_figure, write_json
 
 FACT = "The lighthouse keeper's daughter, Elspeth Marrow, kept a green parrot named Captain Bolt."
 QUESTION = "What was the name of the green parrot kept by the lighthouse keeper's daughter?"
@@ -206,10 +206,7 @@ def plot(rows: list[dict[str, Any]], name: str) -> str:
         ax.legend(fontsize=7)
     fig.suptitle("Cache economics: SmolLM2-135M (bf16, CPU)", fontsize=9)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(ROOT))
+    return save_figure(fig, f"{name}.png")
 
 
 def main() -> None:

@@ -57,6 +57,14 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def save_figure(fig: Any, filename: str) -> str:
+    """Save a matplotlib figure as `docs/img/<filename>`; return its path relative to the repo."""
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    path = IMAGES / filename
+    fig.savefig(path, dpi=120)
+    return str(path.relative_to(ROOT))
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks.books import areopagitica_paragraphs, paradise_lost
-from benchmarks.common import IMAGES, environment, load, markdown_table, write_json
+from benchmarks.common import environment, load, markdown_table, save_figure, write_json
 
 MAX_NEW = 24
 
@@ -249,10 +249,7 @@ def plot(facts: list[Fact], records: list[dict[str, Any]], methods: list[str], n
     ax.set_ylim(-0.5, len(rows) - 0.5)
     ax.set_title("Many questions on one cache (SmolLM2-135M)", fontsize=10)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(IMAGES.parent.parent))
+    return save_figure(fig, f"{name}.png")
 
 
 def notes(method: str, info: dict[str, Any], facts: int) -> str:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import IMAGES, ROOT, environment, markdown_table, write_json
+from benchmarks.common import ROOT, environment, markdown_table, save_figure, write_json
 
 METHODS = ("homer", "full")
 SHAPES = ("smollm2", "tiny-llama", "llama2-7b")
@@ -377,10 +377,7 @@ def plot(records: list[dict[str, Any]], name: str, title: str) -> str:
     mem.set_ylim(bottom=0)  # growth is read against zero, not against the smallest value
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(ROOT))
+    return save_figure(fig, f"{name}.png")
 
 
 def table(records: list[dict[str, Any]], lengths: list[int], counts: tuple[int, ...]) -> str:

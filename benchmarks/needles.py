@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import IMAGES, environment, load, markdown_table, natural_prose, write_json
+from benchmarks.common import (
+    environment,
+    load,
+    markdown_table,
+    natural_prose,
+    save_figure,
+    write_json,
+)
 
 PLACES = ["harbour", "observatory", "granary", "chapel", "armoury", "library", "mill", "tower"]
 ROLES = ["navigator", "cartographer", "surgeon", "quartermaster", "botanist", "chronicler"]
@@ -227,10 +234,7 @@ def plot_histograms(histograms: dict[str, list[float]], length: int, name: str) 
     ax.set_title(f"Where kept tokens come from ({length // 1000}k tokens of prose)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}_kept_positions.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(IMAGES.parent.parent))
+    return save_figure(fig, f"{name}_kept_positions.png")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import IMAGES, environment, load, markdown_table, reload_with, write_json
+from benchmarks.common import (
+    environment,
+    load,
+    markdown_table,
+    reload_with,
+    save_figure,
+    write_json,
+)
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -174,10 +181,7 @@ def heatmaps(
     axes[0][0].set_ylabel("needle depth")
     fig.suptitle("Passkey accuracy by length and depth (SmolLM2-135M, 8k window)", fontsize=9)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}_heatmap.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(IMAGES.parent.parent))
+    return save_figure(fig, f"{name}_heatmap.png")
 
 
 def main() -> None:

@@ -36,12 +36,12 @@ import torch
 
 from benchmarks.books import paradise_lost
 from benchmarks.common import (
-    IMAGES,
     RESULTS,
     environment,
     load,
     markdown_table,
     reload_with,
+    save_figure,
     write_json,
 )
 from benchmarks.passkey import rope_parameters
@@ -151,10 +151,7 @@ def plot(records: list[dict[str, Any]], methods: list[str], edge: int, name: str
     ax.set_title("Paradise Lost, SmolLM2-135M (8k window)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"{name}.png"
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(IMAGES.parent.parent))
+    return save_figure(fig, f"{name}.png")
 
 
 def main() -> None:

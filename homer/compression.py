@@ -71,13 +71,14 @@ def compress(
     prefix_ids = encode(tokenizer, prefix_text)
     if template.add_bos:
         prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
+    suffix_ids = encode(tokenizer, suffix_text)
     context = encode_document(tokenizer, text)
     if context.numel() == 0:
         raise DocumentError("the document holds no text to compress")
     plan = Plan(
         context_len=int(context.numel()),
         prefix_len=len(prefix_ids),
-        suffix_len=len(encode(tokenizer, suffix_text)),
+        suffix_len=len(suffix_ids),
         max_chunk_len=resolved.max_chunk_len,
         target_len=resolved.target_len,
     )
@@ -119,7 +120,7 @@ def compress(
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),
         context=context,
-        suffix=_ids(encode(tokenizer, suffix_text)),
+        suffix=_ids(suffix_ids),
         context_words=word_ids(context, token_kinds(tokenizer)),
     )
     root = runner.run(inputs)
