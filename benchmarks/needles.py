@@ -13,6 +13,7 @@ the histogram of kept-token positions within a chunk.
 Rules (`--methods`):
 - `paper`: the paper's rule: single tokens, bias calibrated on plain text.
 - `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
+- `no-rarity`: the default without the in-document rarity prior (`rare_word_boost=0`).
 - `tokens+template`, `spans+plain`: one change at a time, for attribution.
 """
 
@@ -93,6 +94,8 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         return HomerConfig(reduction="paper"), None
     if name == "default":
         return HomerConfig(), None
+    if name == "no-rarity":
+        return HomerConfig(rare_word_boost=0), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")

@@ -19,7 +19,7 @@ from homer.errors import DocumentError
 from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
-from homer.words import token_kinds, word_ids
+from homer.words import token_kinds, word_ids, word_rarity
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +116,15 @@ def compress(
         progress=progress,
         memo=memo,
         position_mask=resolved.merge_mask == "position",
+        rare_word_boost=resolved.rare_word_boost,
     )
+    words = word_ids(context, token_kinds(tokenizer))
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),
         context=context,
         suffix=_ids(suffix_ids),
-        context_words=word_ids(context, token_kinds(tokenizer)),
+        context_words=words,
+        word_rarity=word_rarity(context, words) if resolved.rare_word_boost else None,
     )
     root = runner.run(inputs)
     last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()

@@ -55,6 +55,29 @@ def significance(
     return scores - bias.to(scores.device)[distance]
 
 
+def boost_rare(
+    scores: torch.Tensor, prunable: torch.Tensor, rarity: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """Raise rare words' scores by `weight` standard deviations of the prunable scores, scaled.
+
+    The shift is in units of the scores' own spread, so one weight means the same for every
+    layer and model.
+
+    Args:
+        scores: `(T,)` significance.
+        prunable: `(T,)` bool.
+        rarity: `(T,)` float in `[0, 1]` (`1 / count` of the token's word; 0 for protected).
+        weight: 0 leaves the scores as they are.
+
+    Returns:
+        `(T,)` float32 scores.
+    """
+    candidates = scores[prunable].float()
+    if weight == 0 or candidates.numel() < 2:
+        return scores
+    return scores.float() + weight * candidates.std() * rarity.to(scores.device)
+
+
 def select_tokens(scores: torch.Tensor, prunable: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` tokens to keep: every protected token, then the best prunable ones.
 

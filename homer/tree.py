@@ -21,7 +21,13 @@ from homer.adapter import ModelAdapter
 from homer.chunking import make_leaf
 from homer.merging import NodeState, apply_keep, merge_nodes
 from homer.schedule import LayerSchedule, Plan
-from homer.significance import last_query_logits, select_tokens, select_words, significance
+from homer.significance import (
+    boost_rare,
+    last_query_logits,
+    select_tokens,
+    select_words,
+    significance,
+)
 
 
 @dataclass(frozen=True)
@@ -55,12 +61,17 @@ class _Node(NodeState):
 
 @dataclass(frozen=True)
 class TreeInputs:
-    """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and word ids `(C,)`."""
+    """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and word ids `(C,)`.
+
+    `word_rarity` is `(num_words,)` float, `1 / count` of each document word (see
+    `homer.words.word_rarity`); None when no rarity prior is used.
+    """
 
     prefix: torch.Tensor
     context: torch.Tensor
     suffix: torch.Tensor
     context_words: torch.Tensor
+    word_rarity: torch.Tensor | None = None
 
 
 class SubtreeMemo:
@@ -104,6 +115,7 @@ class TreeRunner:
         bias: `(num_layers, max_distance)` calibration bias, or None for raw logits.
         whole_words: keep words whole when pruning (span-aware selection).
         position_mask: in merged nodes, also forbid attending to larger position ids.
+        rare_word_boost: weight of the in-document rarity prior (see `HomerConfig`); 0 = none.
         progress: called after every node.
     """
 
@@ -117,8 +129,11 @@ class TreeRunner:
         progress: ProgressCallback | None = None,
         memo: SubtreeMemo | None = None,
         position_mask: bool = False,
+        rare_word_boost: float = 0.0,
     ) -> None:
         self.adapter = adapter
+        self.rare_word_boost = rare_word_boost
+        self._word_rarity: torch.Tensor | None = None
         self.position_mask = position_mask
         self.memo = memo
         # What else a subtree's result depends on: the model object and the bias values.
@@ -128,6 +143,7 @@ class TreeRunner:
             bias_digest,
             tuple(schedule.layers(0)),
             position_mask,
+            rare_word_boost,
         )
         self.plan = plan
         self.schedule = schedule
@@ -172,6 +188,11 @@ class TreeRunner:
         layer_bias = None if self.bias is None else self.bias[last]
         scores = significance(logits, node.positions.to(logits.device), layer_bias)
         prunable = self._prunable(node.length).to(scores.device)
+        if self.rare_word_boost and self._word_rarity is not None:
+            words = node.word_ids.to(scores.device)
+            rarity = self._word_rarity.to(scores.device)[words.clamp(min=0)]
+            rarity = rarity.masked_fill(words < 0, 0.0)
+            scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
         if self.whole_words:
             indices = select_words(scores, prunable, node.word_ids.to(scores.device), keep)
         else:
@@ -221,7 +242,12 @@ class TreeRunner:
         start = sum(lengths[:first])
         stop = start + sum(lengths[first : first + 2**level])
         digest = hashlib.sha256()
-        for part in (inputs.prefix, inputs.context[start:stop], inputs.suffix):
+        parts = [inputs.prefix, inputs.context[start:stop], inputs.suffix]
+        if inputs.word_rarity is not None and self.rare_word_boost and stop > start:
+            # The prior depends on the whole document: a moved needle changes counts elsewhere.
+            words = inputs.context_words[start:stop]
+            parts.append(inputs.word_rarity[int(words[0]) : int(words[-1]) + 1])
+        for part in parts:
             digest.update(part.numpy().tobytes())
             digest.update(b"|")
         digest.update(repr((self.plan, level, self.whole_words, self._setup_id)).encode())
@@ -254,5 +280,6 @@ class TreeRunner:
 
     def run(self, inputs: TreeInputs) -> NodeState:
         """The root's state: every layer's keys and values, `plan.final_len` tokens each."""
+        self._word_rarity = inputs.word_rarity
         with torch.inference_mode():
             return self._subtree(0, self.plan.height, inputs)

@@ -9,6 +9,7 @@ word, and `.` is a word of its own. Only the tokenizer's vocabulary is read.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 from typing import Any
 
@@ -54,3 +55,30 @@ def word_ids(token_ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
     previous = torch.cat([torch.tensor([_OTHER]), kind[:-1]])
     continues = (kind == _WORD) & (previous != _OTHER)
     return torch.cumsum((~continues).long(), dim=0) - 1
+
+
+def word_rarity(token_ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """How rare each word is in this document: `1 / count` of its exact token sequence.
+
+    A fact stated once (a code, an invented name) is a word seen once; the words of ordinary
+    prose repeat. Case and the leading space count, as they do for the tokenizer.
+
+    Args:
+        token_ids: `(T,)` int64 document tokens.
+        words: `(T,)` int64 word index from `word_ids` (contiguous runs from 0).
+
+    Returns:
+        `(num_words,)` float32, indexed by word id, in `(0, 1]`.
+    """
+    if token_ids.numel() == 0:
+        return torch.zeros(0)
+    # Word boundaries -> one tuple per word; counting tuples is linear in the document.
+    starts = torch.ones_like(words, dtype=torch.bool)
+    starts[1:] = words[1:] != words[:-1]
+    bounds = [*starts.nonzero().squeeze(1).tolist(), int(words.numel())]
+    ids = token_ids.tolist()
+    spelled = [tuple(ids[a:b]) for a, b in itertools.pairwise(bounds)]
+    counts: dict[tuple[int, ...], int] = {}
+    for word in spelled:
+        counts[word] = counts.get(word, 0) + 1
+    return torch.tensor([1.0 / counts[word] for word in spelled], dtype=torch.float32)

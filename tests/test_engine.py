@@ -355,3 +355,25 @@ def test_long_documents_tokenize_in_pieces_like_one_call(model_dirs: dict[str, P
     whole = encode(tokenizer, text)
     assert encode_document(tokenizer, text).tolist() == whole
     assert encode_document(tokenizer, text, piece_chars=3000).tolist() == whole
+
+
+def test_memo_sees_rarity_changes_outside_the_edited_chunk(model_dirs: dict[str, Path]) -> None:
+    """The rarity prior counts words over the whole document, so an edit at the end can change
+    how an untouched first chunk is pruned; the memo must not hand back the stale subtree."""
+    from homer.tree import SubtreeMemo
+
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    config = HomerConfig(max_chunk_len=128, bias=None, rare_word_boost=50.0)
+    head = TEXT[:3000]
+    assert head.split().count("parish") == 1 and head.find("parish") < 300
+    # Same token count; the first repeats "parish" (no longer rare), the second does not.
+    text = head + " parish parish parish."
+    edited = head + " Brr Brr Brr."
+    assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
+    memo = SubtreeMemo()
+    first = compress(model, tokenizer, text, config, memo=memo)
+    with_memo = compress(model, tokenizer, edited, config, memo=memo)
+    fresh = compress(model, tokenizer, edited, config)
+    assert first.token_ids[:150].tolist() != fresh.token_ids[:150].tolist()  # the edit matters
+    assert torch.equal(with_memo.token_ids, fresh.token_ids)
+    assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))

@@ -140,6 +140,9 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
         {"warmup_layers": -1},
         {"bias": "sometimes"},
         {"reduction": "random"},
+        {"rare_word_boost": -1.0},
+        {"rare_word_boost": True},
+        {"rare_word_boost": "high"},
     ],
 )
 def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -> None:
@@ -152,3 +155,14 @@ def test_config_resolves_defaults_from_the_model() -> None:
     assert (resolved.max_chunk_len, resolved.target_len, resolved.warmup_layers) == (4096, 4096, 11)
     with pytest.raises(ValueError, match="context window"):
         HomerConfig(max_chunk_len=9000).resolve(num_layers=30, window=8192)
+
+
+def test_rarity_prior_defaults_on_for_spans_and_off_for_the_paper_rule() -> None:
+    def boost(**kwargs: object) -> float:
+        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
+        return config.resolve(num_layers=30, window=8192).rare_word_boost
+
+    assert boost() == 2.0
+    assert boost(reduction="paper") == 0.0
+    assert boost(reduction="paper", rare_word_boost=1) == 1.0
+    assert boost(rare_word_boost=0) == 0.0

@@ -1,0 +1,54 @@
+"""Pure token-reduction functions: word grouping, rarity, pooling and whole-word selection."""
+
+from __future__ import annotations
+
+import torch
+
+from homer.significance import boost_rare, pool_over_words, select_tokens, select_words
+from homer.words import word_rarity
+
+
+def test_word_rarity_counts_exact_token_sequences() -> None:
+    # words: [5 6] [7] [5 6] [8] [5] -> "5 6" twice, "7" once, "8" once, "5" once
+    tokens = torch.tensor([5, 6, 7, 5, 6, 8, 5])
+    words = torch.tensor([0, 0, 1, 2, 2, 3, 4])
+    assert word_rarity(tokens, words).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
+    empty = torch.zeros(0, dtype=torch.long)
+    assert word_rarity(empty, empty).numel() == 0
+
+
+def test_boost_rare_shifts_by_the_prunable_spread() -> None:
+    scores = torch.tensor([100.0, 0.0, 2.0, 4.0, -50.0])
+    prunable = torch.tensor([False, True, True, True, False])
+    rarity = torch.tensor([0.0, 1.0, 0.5, 0.0, 0.0])
+    boosted = boost_rare(scores, prunable, rarity, weight=2.0)
+    spread = scores[prunable].std()  # 2.0: protected outliers do not widen it
+    torch.testing.assert_close(boosted, scores + 2.0 * spread * rarity)
+    assert torch.equal(boost_rare(scores, prunable, rarity, weight=0.0), scores)
+
+
+def test_boost_turns_a_once_seen_word_into_a_kept_one() -> None:
+    scores = torch.tensor([9.0, 1.0, 3.0, 2.0, 2.5, 9.0])
+    prunable = torch.tensor([False, True, True, True, True, False])
+    rarity = torch.tensor([0.0, 1.0, 0.1, 0.1, 0.1, 0.0])
+    assert 1 not in select_tokens(scores, prunable, keep=3).tolist()
+    boosted = boost_rare(scores, prunable, rarity, weight=4.0)
+    assert 1 in select_tokens(boosted, prunable, keep=3).tolist()
+
+
+def test_pool_over_words_gives_each_token_its_words_best_score() -> None:
+    scores = torch.tensor([1.0, 5.0, 2.0, 0.0, 3.0])
+    words = torch.tensor([-1, 0, 0, 1, 1])
+    assert pool_over_words(scores, words).tolist() == [1.0, 5.0, 5.0, 3.0, 3.0]
+
+
+def test_select_words_keeps_words_whole_and_exactly_keep_tokens() -> None:
+    # prefix, a three-token number whose first digit scores high, two one-token words, suffix
+    scores = torch.tensor([0.0, 9.0, -5.0, -5.0, 4.0, 3.0, 0.0])
+    words = torch.tensor([-1, 0, 0, 0, 1, 2, -1])
+    prunable = torch.tensor([False, True, True, True, True, True, False])
+    kept = select_words(scores, prunable, words, keep=5).tolist()
+    assert kept == [0, 1, 2, 3, 6]  # the whole number, not its first digit plus word 1
+    by_token = select_tokens(scores, prunable, keep=5).tolist()
+    assert by_token == [0, 1, 4, 5, 6]
+    assert len(select_words(scores, prunable, words, keep=4)) == 4
