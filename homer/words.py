@@ -57,11 +57,17 @@ def word_ids(token_ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((~continues).long(), dim=0) - 1
 
 
+#: Words seen more often than this are not rare at all (rarity 0), so that adding a sentence
+#: leaves the rarity of common words, and with it every untouched subtree, exactly unchanged.
+RARE_MAX_COUNT = 4
+
+
 def word_rarity(token_ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """How rare each word is in this document: `1 / count` of its exact token sequence.
 
     A fact stated once (a code, an invented name) is a word seen once; the words of ordinary
-    prose repeat. Case and the leading space count, as they do for the tokenizer.
+    prose repeat. Case and the leading space count, as they do for the tokenizer. Words seen
+    more than `RARE_MAX_COUNT` times get 0.
 
     Args:
         token_ids: `(T,)` int64 document tokens.
@@ -81,4 +87,5 @@ def word_rarity(token_ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     counts: dict[tuple[int, ...], int] = {}
     for word in spelled:
         counts[word] = counts.get(word, 0) + 1
-    return torch.tensor([1.0 / counts[word] for word in spelled], dtype=torch.float32)
+    rarity = [1.0 / n if (n := counts[word]) <= RARE_MAX_COUNT else 0.0 for word in spelled]
+    return torch.tensor(rarity, dtype=torch.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from homer.significance import boost_rare, pool_over_words, select_tokens, select_words
-from homer.words import word_rarity
+from homer.words import RARE_MAX_COUNT, word_rarity
 
 
 def test_word_rarity_counts_exact_token_sequences() -> None:
@@ -13,6 +13,8 @@ def test_word_rarity_counts_exact_token_sequences() -> None:
     tokens = torch.tensor([5, 6, 7, 5, 6, 8, 5])
     words = torch.tensor([0, 0, 1, 2, 2, 3, 4])
     assert word_rarity(tokens, words).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
+    common = torch.tensor([3] * (RARE_MAX_COUNT + 1) + [4])
+    assert word_rarity(common, torch.arange(common.numel())).tolist() == [0.0] * 5 + [1.0]
     empty = torch.zeros(0, dtype=torch.long)
     assert word_rarity(empty, empty).numel() == 0
 
