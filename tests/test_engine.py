@@ -22,7 +22,7 @@ from homer.prompts import PromptTemplate, encode
 from homer.schedule import LayerSchedule
 from tests.tiny import make_tiny_model_dir
 
-ARCHS = ["llama", "qwen2", "qwen3"]
+ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
 ATTNS = ["sdpa", "eager"]
 TEXT = calibration_text()
 
@@ -377,3 +377,15 @@ def test_memo_sees_rarity_changes_outside_the_edited_chunk(model_dirs: dict[str,
     assert first.token_ids[:150].tolist() != fresh.token_ids[:150].tolist()  # the edit matters
     assert torch.equal(with_memo.token_ids, fresh.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
+
+
+def test_mistral_with_a_sliding_window_is_refused_by_name(model_dirs: dict[str, Path]) -> None:
+    from transformers import AutoConfig, MistralForCausalLM
+
+    from homer.errors import UnsupportedModelError
+
+    config = AutoConfig.from_pretrained(model_dirs["mistral"])
+    config.sliding_window = 64  # Mistral v0.1: a 4k window inside an 8k/32k context
+    model = MistralForCausalLM(config).eval()
+    with pytest.raises(UnsupportedModelError, match="sliding-window"):
+        ModelAdapter(model)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-Arch = Literal["llama", "qwen2", "qwen3"]
+Arch = Literal["llama", "qwen2", "qwen3", "mistral"]
 
 HIDDEN = 64
 HEADS = 4
@@ -101,7 +101,12 @@ def make_tiny_config(arch: Arch, vocab_size: int, num_layers: int, tokenizer: An
         from transformers import Qwen3Config
 
         return Qwen3Config(**common)
-    raise ValueError(f"unknown arch {arch!r}: use llama, qwen2 or qwen3")
+    if arch == "mistral":
+        from transformers import MistralConfig
+
+        # Mistral v0.2+ shape: full attention (v0.1's 4k sliding window is refused by homer).
+        return MistralConfig(**common, sliding_window=None)
+    raise ValueError(f"unknown arch {arch!r}: use llama, qwen2, qwen3 or mistral")
 
 
 def make_tiny_model_dir(
