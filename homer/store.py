@@ -276,12 +276,31 @@ class Store:
         """Names of the complete caches (those with metadata), sorted."""
         return [name for name in self._folders() if (self.root / name / META_FILE).is_file()]
 
+    def _being_replaced(self) -> list[str]:
+        """Names whose old cache sits in a live process's swap folder right now."""
+        names = []
+        for child in self.root.iterdir():
+            match = re.fullmatch(r"\.swap-(\d+)-.*", child.name)
+            if match and _pid_alive(int(match.group(1))):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError):
+                    meta = json.loads((child / "old" / META_FILE).read_text("utf-8"))
+                    names.append(validate_name(meta["name"]))
+        return names
+
     def records(self) -> list[CacheRecord]:
-        """Every readable cache, oldest first. Damaged caches are skipped with a warning."""
+        """Every readable cache, oldest first. Damaged caches are skipped with a warning.
+
+        Each record is read under its shared name lock, and names in the middle of a
+        replacement are waited for, so a listing never misses a cache being re-ingested.
+        """
         records = []
-        for name in self._folders():
+        folders = self._folders()
+        for name in sorted({*folders, *(self._being_replaced() if folders else [])}):
             try:
-                records.append(self._read_record(name))
+                with self._name_lock(name, exclusive=False):
+                    records.append(self._read_record(name))
+            except CacheNotFoundError:
+                continue  # removed while we listed
             except CacheError as exc:
                 logger.warning("%s", exc)
         return sorted(records, key=lambda r: (r.created, r.name))

@@ -380,6 +380,27 @@ def test_reader_never_sees_a_half_replaced_cache() -> None:
     assert errors == []
 
 
+def test_listing_waits_for_a_cache_being_replaced() -> None:
+    """Mid-replacement (old cache renamed into a swap folder, new one not yet in place, the
+    name's lock held), a listing waits for the lock instead of dropping the name."""
+    store = Store()
+    save(store, "other")
+    save(store)
+    listed: list[list[str]] = []
+    with store._name_lock("doc", exclusive=True):
+        swap = store.root / f".swap-{os.getpid()}-test"
+        swap.mkdir()
+        os.replace(store.root / "doc", swap / "old")
+        thread = threading.Thread(target=lambda: listed.append([r.name for r in store.records()]))
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive(), f"the listing did not wait: {listed}"
+        os.replace(swap / "old", store.root / "doc")
+        swap.rmdir()
+    thread.join(10)
+    assert sorted(listed[0]) == ["doc", "other"]
+
+
 def test_files_are_data_only() -> None:
     record = save(Store())
     names = sorted(os.listdir(record.path))
