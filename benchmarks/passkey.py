@@ -9,6 +9,8 @@ compared on identical inputs. Methods:
 - `homer-aware`: the question in the suffix (the paper's setting).
 - `homer-nobias`: query-agnostic, no calibration bias (ablation).
 - `homer-paper`: query-agnostic with the paper's single-token reduction rule.
+- `homer-seqmask`, `homer-posmask`, `homer-aware-posmask`: the merge mask set explicitly
+  (`HomerConfig(merge_mask=...)`, an A/B of the two masks).
 - `plain`: the model on the whole input (past its window beyond 8k tokens).
 - `truncated`: the model on the prompt with the document cut to its tail to fit the window.
 - `ntk`, `yarn`: the plain model with dynamic-NTK or YaRN RoPE scaling set in its config.
@@ -65,6 +67,7 @@ class Method:
     focus: bool = False
     bias: bool = True
     reduction: str = "spans"
+    merge_mask: str | None = None  # None: the library default
 
 
 METHODS = {
@@ -74,6 +77,9 @@ METHODS = {
         Method("homer-aware", "homer", focus=True),
         Method("homer-nobias", "homer", bias=False),
         Method("homer-paper", "homer", reduction="paper"),
+        Method("homer-seqmask", "homer", merge_mask="sequence"),
+        Method("homer-posmask", "homer", merge_mask="position"),
+        Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
         Method("plain", "plain"),
         Method("truncated", "truncated"),
         Method("ntk", "plain", rope="ntk"),
@@ -138,7 +144,12 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
     """HOMER's answer and the text of the tokens its cache kept."""
     from homer import HomerConfig, compress, generate
 
-    config = HomerConfig(bias="calibrated" if method.bias else None, reduction=method.reduction)  # type: ignore[arg-type]
+    extra = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
+    config = HomerConfig(
+        bias="calibrated" if method.bias else None,
+        reduction=method.reduction,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )
     # Query-aware: the question ends the suffix, as in the paper; either way the model sees the
     # same token sequence as the plain baseline, only compressed.
     suffix = SUFFIX + QUESTION if method.focus else SUFFIX
