@@ -19,7 +19,7 @@ from homer.errors import DocumentError
 from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
-from homer.words import token_kinds, word_ids, word_rarity
+from homer.words import RARE_RADIUS, RARE_SHARE, token_kinds, widen, word_ids, word_rarity
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ def compress(
         context=context,
         suffix=_ids(suffix_ids),
         context_words=words,
-        word_rarity=word_rarity(context, words) if resolved.rare_word_boost else None,
+        word_rarity=(
+            widen(word_rarity(context, words), RARE_RADIUS, RARE_SHARE)
+            if resolved.rare_word_boost
+            else None
+        ),
     )
     root = runner.run(inputs)
     last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()

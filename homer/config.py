@@ -46,9 +46,11 @@ class HomerConfig:
             each word's tokens; `"paper"` selects single tokens, as in the paper.
         rare_word_boost: how much a word that is rare in this document is favoured when pruning:
             its score rises by `boost * std(scores) / count`, where `count` is how often the very
-            same word occurs in the document. A fact stated once (a code, an invented name) is a
-            word seen once; filler repeats. Default: 2.0 with `"spans"`, 0 with `"paper"` (the
-            paper has no such prior). 0 turns it off.
+            same word occurs in the document (words seen more than 4 times count as common), and
+            the words within 3 of a rare word get half its lift, so a fact keeps the small words
+            that make it readable. A fact stated once (a code, an invented name) is a word seen
+            once; filler repeats. Default: 2.0 with `"spans"`, 0 with `"paper"` (the paper has no
+            such prior). 0 turns it off.
     """
 
     max_chunk_len: int | None = None

@@ -61,6 +61,11 @@ def word_ids(token_ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
 #: leaves the rarity of common words, and with it every untouched subtree, exactly unchanged.
 RARE_MAX_COUNT = 4
 
+#: A rare word lends `RARE_SHARE` of its rarity to the words within `RARE_RADIUS` of it, so a
+#: fact keeps the small words that make it readable (see `widen`).
+RARE_RADIUS = 3
+RARE_SHARE = 0.5
+
 
 def word_rarity(token_ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """How rare each word is in this document: `1 / count` of its exact token sequence.
@@ -89,3 +94,26 @@ def word_rarity(token_ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         counts[word] = counts.get(word, 0) + 1
     rarity = [1.0 / n if (n := counts[word]) <= RARE_MAX_COUNT else 0.0 for word in spelled]
     return torch.tensor(rarity, dtype=torch.float32)
+
+
+def widen(rarity: torch.Tensor, radius: int, share: float) -> torch.Tensor:
+    """Lend a share of each word's rarity to the words around it.
+
+    A rare word alone reads as noise ("passkey vault 48213"); the function words around it are
+    what make it a fact ("the passkey for the vault is 48213"). Each word gets at least `share`
+    times the largest rarity within `radius` words on either side.
+
+    Args:
+        rarity: `(W,)` float per word, from `word_rarity`.
+        radius: words on each side; 0 returns `rarity` unchanged.
+        share: in `[0, 1]`.
+
+    Returns:
+        `(W,)` float32.
+    """
+    if radius <= 0 or rarity.numel() == 0:
+        return rarity
+    pooled = torch.nn.functional.max_pool1d(
+        rarity.view(1, 1, -1).float(), kernel_size=2 * radius + 1, stride=1, padding=radius
+    ).view(-1)
+    return torch.maximum(rarity.float(), share * pooled)

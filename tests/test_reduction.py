@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from homer.significance import boost_rare, pool_over_words, select_tokens, select_words
-from homer.words import RARE_MAX_COUNT, word_rarity
+from homer.words import RARE_MAX_COUNT, widen, word_rarity
 
 
 def test_word_rarity_counts_exact_token_sequences() -> None:
@@ -54,3 +54,10 @@ def test_select_words_keeps_words_whole_and_exactly_keep_tokens() -> None:
     by_token = select_tokens(scores, prunable, keep=5).tolist()
     assert by_token == [0, 1, 4, 5, 6]
     assert len(select_words(scores, prunable, words, keep=4)) == 4
+
+
+def test_widen_lends_a_share_of_rarity_to_neighbouring_words() -> None:
+    rarity = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.25])
+    widened = widen(rarity, radius=2, share=0.5)
+    assert widened.tolist() == [0.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.125, 0.25]
+    assert torch.equal(widen(rarity, radius=0, share=0.5), rarity)
