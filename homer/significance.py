@@ -66,7 +66,7 @@ def boost_rare(
     Args:
         scores: `(T,)` significance.
         prunable: `(T,)` bool.
-        rarity: `(T,)` float in `[0, 1]` (`1 / count` of the token's word; 0 for protected).
+        rarity: `(T,)` float in `[0, 1]` (the token's word's rarity; 0 for protected tokens).
         weight: 0 leaves the scores as they are.
 
     Returns:

@@ -276,16 +276,23 @@ class Store:
         """Names of the complete caches (those with metadata), sorted."""
         return [name for name in self._folders() if (self.root / name / META_FILE).is_file()]
 
-    def _being_replaced(self) -> list[str]:
-        """Names whose old cache sits in a live process's swap folder right now."""
-        names = []
+    def _swaps(self, *, alive: bool) -> list[tuple[Path, str]]:
+        """`(old cache folder, its name)` in swap folders whose process is (or is no longer) alive.
+
+        A replacement renames the old cache to `.swap-<pid>-*/old` before renaming the new one in.
+        """
+        if not self.root.is_dir():
+            return []
+        found = []
         for child in self.root.iterdir():
             match = re.fullmatch(r"\.swap-(\d+)-.*", child.name)
-            if match and _pid_alive(int(match.group(1))):
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError):
-                    meta = json.loads((child / "old" / META_FILE).read_text("utf-8"))
-                    names.append(validate_name(meta["name"]))
-        return names
+            if not match or _pid_alive(int(match.group(1))) != alive:
+                continue
+            old = child / "old"
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError):
+                meta = json.loads((old / META_FILE).read_text("utf-8"))
+                found.append((old, validate_name(meta["name"])))
+        return found
 
     def records(self) -> list[CacheRecord]:
         """Every readable cache, oldest first. Damaged caches are skipped with a warning.
@@ -294,8 +301,8 @@ class Store:
         replacement are waited for, so a listing never misses a cache being re-ingested.
         """
         records = []
-        folders = self._folders()
-        for name in sorted({*folders, *(self._being_replaced() if folders else [])}):
+        being_replaced = [name for _, name in self._swaps(alive=True)]
+        for name in sorted({*self._folders(), *being_replaced}):
             try:
                 with self._name_lock(name, exclusive=False):
                     records.append(self._read_record(name))
@@ -543,20 +550,17 @@ class Store:
 
     def _restore_swapped(self) -> None:
         """Put back caches whose replacement was killed between its two renames."""
-        for child in self.root.iterdir():
-            match = re.fullmatch(r"\.swap-(\d+)-.*", child.name)
-            if not match or _pid_alive(int(match.group(1))):
-                continue
-            old = child / "old"
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError):
-                name = validate_name(json.loads((old / META_FILE).read_text("utf-8"))["name"])
-                # Never wait here: the caller may hold this very name's lock (a load that found
-                # the name missing lists the store); a busy name is restored by a later listing.
-                lock = self._lock_path("name", name)
-                with self._flock(lock, exclusive=True, wait=False):
-                    if old.is_dir() and not (self.root / name).exists():
-                        os.replace(old, self.root / name)
-                        logger.warning("restored cache %s after an interrupted replacement", name)
+        for old, name in self._swaps(alive=False):
+            # Never wait here: the caller may hold this very name's lock (a load that found the
+            # name missing lists the store); a busy name is restored by a later listing.
+            lock = self._lock_path("name", name)
+            with (
+                contextlib.suppress(OSError, ValueError, KeyError, TypeError, CacheError),
+                self._flock(lock, exclusive=True, wait=False),
+            ):
+                if old.is_dir() and not (self.root / name).exists():
+                    os.replace(old, self.root / name)
+                    logger.warning("restored cache %s after an interrupted replacement", name)
 
     def _sweep(self) -> None:
         """Remove temp, trash and swap folders left by processes that no longer exist."""

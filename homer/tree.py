@@ -63,8 +63,8 @@ class _Node(NodeState):
 class TreeInputs:
     """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and word ids `(C,)`.
 
-    `word_rarity` is `(num_words,)` float, `1 / count` of each document word (see
-    `homer.words.word_rarity`); None when no rarity prior is used.
+    `word_rarity` is `(num_words,)` float, how rare each document word is, neighbours' share
+    included (`homer.words.word_rarity`, then `widen`); None when no rarity prior is used.
     """
 
     prefix: torch.Tensor
