@@ -9,6 +9,7 @@ compared on identical inputs. Methods:
 - `homer-aware`: the question in the suffix (the paper's setting).
 - `homer-nobias`: query-agnostic, no calibration bias (ablation).
 - `homer-paper`: query-agnostic with the paper's single-token reduction rule.
+- `homer-paper-warmup`: the paper's warm-up share, 12/32 of the layers (ablation of the default).
 - `homer-seqmask`, `homer-posmask`, `homer-aware-posmask`: the merge mask set explicitly
   (`HomerConfig(merge_mask=...)`, an A/B of the two masks).
 - `plain`: the model on the whole input (past its window beyond 8k tokens).
@@ -28,6 +29,7 @@ number of document tokens and HOMER's unchanged subtrees are reused (`SubtreeMem
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -55,8 +57,22 @@ INSTRUCTION = (
 SUFFIX = "\n\n(End of document.)"
 QUESTION = "\n\nWhat is the pass key?"
 PRIMER = " The pass key is"
-DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 MAX_NEW = 12
+#: Needle depths span 10%..90% of the haystack; heat maps group them into these bands.
+DEPTH_LOW, DEPTH_HIGH, DEPTH_BANDS = 0.1, 0.9, 5
+
+
+def trial_depth(trial: int) -> float:
+    """Depth of trial `trial`: distinct for every trial, spread evenly over 10%..90% by a
+    van der Corput sequence, so the first few trials already cover the range (10%, 50%, 30%,
+    70%, 20%, ...). With repetitive filler a needle's neighbourhood is set by its depth alone,
+    so repeating a few depths would repeat the same few conditions."""
+    fraction, denominator, n = 0.0, 1.0, trial
+    while n:
+        denominator *= 2
+        n, bit = divmod(n, 2)
+        fraction += bit / denominator
+    return round(DEPTH_LOW + (DEPTH_HIGH - DEPTH_LOW) * fraction, 4)
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class Method:
     bias: bool = True
     reduction: str = "spans"
     merge_mask: str | None = None  # None: the library default
+    paper_warmup: bool = False  # the paper's 12/32 warm-up share instead of the default
 
 
 METHODS = {
@@ -77,6 +94,7 @@ METHODS = {
         Method("homer-aware", "homer", focus=True),
         Method("homer-nobias", "homer", bias=False),
         Method("homer-paper", "homer", reduction="paper"),
+        Method("homer-paper-warmup", "homer", paper_warmup=True),
         Method("homer-seqmask", "homer", merge_mask="sequence"),
         Method("homer-posmask", "homer", merge_mask="position"),
         Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
@@ -143,12 +161,15 @@ def run_plain(model: Any, tokenizer: Any, text: str, truncate: bool) -> str:
 def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) -> tuple[str, str]:
     """HOMER's answer and the text of the tokens its cache kept."""
     from homer import HomerConfig, compress, generate
+    from homer.config import PAPER_WARMUP_FRACTION
 
-    extra = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
+    extra: dict[str, Any] = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
+    if method.paper_warmup:
+        extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
     config = HomerConfig(
         bias="calibrated" if method.bias else None,
         reduction=method.reduction,  # type: ignore[arg-type]
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     # Query-aware: the question ends the suffix, as in the paper; either way the model sees the
     # same token sequence as the plain baseline, only compressed.
@@ -169,23 +190,30 @@ def heatmaps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    width = (DEPTH_HIGH - DEPTH_LOW) / DEPTH_BANDS
+    edges = [DEPTH_LOW + width * i for i in range(DEPTH_BANDS + 1)]
+    labels = [f"{a:.0%}-{b:.0%}" for a, b in itertools.pairwise(edges)]
+
+    def band(depth: float) -> int:
+        return min(DEPTH_BANDS - 1, int((depth - DEPTH_LOW) / width))
+
     fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
-        grid = torch.full((len(DEPTHS), len(lengths)), float("nan"))
-        for i, depth in enumerate(DEPTHS):
+        grid = torch.full((DEPTH_BANDS, len(lengths)), float("nan"))
+        for i in range(DEPTH_BANDS):
             for j, length in enumerate(lengths):
                 hits = [
                     r["correct"]
                     for r in records
-                    if r["method"] == method and r["length"] == length and r["depth"] == depth
+                    if r["method"] == method and r["length"] == length and band(r["depth"]) == i
                 ]
                 if hits:
                     grid[i, j] = sum(hits) / len(hits)
         ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_title(method, fontsize=9)
         ax.set_xticks(range(len(lengths)), [f"{n // 1000}k" for n in lengths], fontsize=7)
-        ax.set_yticks(range(len(DEPTHS)), [f"{int(d * 100)}%" for d in DEPTHS], fontsize=7)
-        for i in range(len(DEPTHS)):
+        ax.set_yticks(range(DEPTH_BANDS), labels, fontsize=7)
+        for i in range(DEPTH_BANDS):
             for j in range(len(lengths)):
                 if not torch.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=6)
@@ -218,7 +246,7 @@ def main() -> None:
     records: list[dict[str, Any]] = []
     for length in args.lengths:
         rng = random.Random(args.seed * 1000 + length)
-        trials = [(DEPTHS[t % len(DEPTHS)], rng.randint(10000, 99999)) for t in range(args.trials)]
+        trials = [(trial_depth(t), rng.randint(10000, 99999)) for t in range(args.trials)]
         for name in args.methods:
             method = METHODS[name]
             model = base
@@ -253,7 +281,7 @@ def main() -> None:
                 }
                 records.append(record)
                 print(
-                    f"{name:13s} {length:6d} depth={depth:.1f} key={key} "
+                    f"{name:13s} {length:6d} depth={depth:.3f} key={key} "
                     f"{'OK ' if record['correct'] else 'no '} {seconds:6.1f}s {answer!r}",
                     flush=True,
                 )

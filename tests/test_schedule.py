@@ -48,9 +48,10 @@ def test_paper_schedule_for_llama2_7b() -> None:
 
 
 def test_default_warmup_scales_with_depth() -> None:
-    assert default_warmup_layers(32) == 12
-    assert default_warmup_layers(30) == 11
-    assert default_warmup_layers(64) == 24
+    assert default_warmup_layers(32) == 16
+    assert default_warmup_layers(30) == 15
+    assert default_warmup_layers(64) == 32
+    assert default_warmup_layers(6) == 3
 
 
 def test_fit_warmup_lowers_warmup_only_as_needed() -> None:
@@ -152,7 +153,7 @@ def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -
 
 def test_config_resolves_defaults_from_the_model() -> None:
     resolved = HomerConfig().resolve(num_layers=30, window=8192)
-    assert (resolved.max_chunk_len, resolved.target_len, resolved.warmup_layers) == (4096, 4096, 11)
+    assert (resolved.max_chunk_len, resolved.target_len, resolved.warmup_layers) == (4096, 4096, 15)
     with pytest.raises(ValueError, match="context window"):
         HomerConfig(max_chunk_len=9000).resolve(num_layers=30, window=8192)
 
