@@ -20,9 +20,9 @@ BiasMode = Literal["calibrated"]
 PAPER_WARMUP_FRACTION = 12 / 32
 
 #: Our default share: half the model's depth, rounded. On the embedded 30-layer model, 15 warm-up
-#: layers instead of the paper's 11 raised passkey retrieval on the same 15 (length, depth)
-#: conditions from 6/15 to 10/15, and 14-18 layers all did better than 11 (docs/RESULTS.md):
-#: chunks keep more layers of full, unpruned context before the first pruning.
+#: layers instead of the paper's 11 raised passkey retrieval on 15 (length, depth) conditions
+#: from 6/15 to 10/15 (14-18 layers all did better than 11) and on 30 fresh ones from 16/30 to
+#: 18/30 (docs/RESULTS.md): chunks keep more layers of full, unpruned context before pruning.
 DEFAULT_WARMUP_FRACTION = 1 / 2
 
 #: Default `rare_word_boost` with `reduction="spans"`: on 16k tokens of prose it took facts'

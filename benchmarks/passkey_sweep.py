@@ -1,0 +1,90 @@
+"""Passkey retrieval under several `HomerConfig` variants at one length: a quick setting sweep.
+
+    python -m benchmarks.passkey_sweep 32000 0.1,0.3,0.5,0.7,0.9 'w11={"warmup_layers":11}' \
+        'w15={"warmup_layers":15}'
+
+Each variant is `NAME=JSON`, the JSON being `HomerConfig` keyword arguments (plus `"focus": true`
+for query-aware). Every variant sees the same haystacks and keys (seed 7), one trial per depth,
+with the prompt of `benchmarks.passkey`. Prints one line per trial and a total per variant, and
+writes `benchmarks/results/<name>.json`. It screens settings; the 20-trial comparison belongs in
+`benchmarks.passkey`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from typing import Any
+
+from benchmarks.common import environment, load, write_json
+from benchmarks.passkey import INSTRUCTION, MAX_NEW, PRIMER, QUESTION, SUFFIX, haystack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("length", type=int, help="document tokens")
+    parser.add_argument("depths", help="comma-separated needle depths, e.g. 0.1,0.5,0.9")
+    parser.add_argument("variants", nargs="+", help='NAME=JSON, e.g. w15={"warmup_layers":15}')
+    parser.add_argument("--name", default=None, help="result name (default: passkey_sweep_<len>)")
+    args = parser.parse_args()
+
+    from homer import HomerConfig, compress, generate
+    from homer.tree import SubtreeMemo
+
+    depths = [float(x) for x in args.depths.split(",")]
+    variants: dict[str, dict[str, Any]] = {}
+    for item in args.variants:
+        name, _, spec = item.partition("=")
+        variants[name] = json.loads(spec or "{}")
+    model, tokenizer = load()
+    rng = random.Random(7)
+    keys = [rng.randint(10000, 99999) for _ in depths]
+    records: list[dict[str, Any]] = []
+    out = args.name or f"passkey_sweep_{args.length}"
+    for name, settings in variants.items():
+        settings = dict(settings)
+        focus = bool(settings.pop("focus", False))
+        memo = SubtreeMemo(capacity=24)
+        for depth, key in zip(depths, keys, strict=True):
+            text = haystack(tokenizer, args.length, depth, key)
+            began = time.perf_counter()
+            suffix = SUFFIX + QUESTION if focus else SUFFIX
+            ask = PRIMER if focus else QUESTION + PRIMER
+            cache = compress(
+                model,
+                tokenizer,
+                text,
+                HomerConfig(**settings),
+                prefix=INSTRUCTION,
+                suffix=suffix,
+                memo=memo,
+            )
+            answer = "".join(
+                generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
+            )
+            record = {
+                "variant": name,
+                "settings": settings,
+                "focus": focus,
+                "length": args.length,
+                "depth": depth,
+                "key": key,
+                "answer": answer,
+                "correct": str(key) in answer,
+                "seconds": round(time.perf_counter() - began, 1),
+            }
+            records.append(record)
+            print(
+                f"{name} {args.length} d={depth:.2f} {'OK' if record['correct'] else 'no'} "
+                f"{record['seconds']}s {answer!r}",
+                flush=True,
+            )
+            write_json(out, {"environment": environment(), "records": records})
+        hits = [r["correct"] for r in records if r["variant"] == name]
+        print(f"== {name} {args.length}: {sum(hits)}/{len(hits)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
