@@ -158,9 +158,27 @@ def run_plain(model: Any, tokenizer: Any, text: str, truncate: bool) -> str:
     return str(tokenizer.decode(greedy(model, head + doc + tail, MAX_NEW)))
 
 
+def ask_homer(
+    model: Any, tokenizer: Any, text: str, config: Any, focus: bool, memo: Any
+) -> tuple[str, str]:
+    """HOMER's answer under `config` (a `HomerConfig`) and the text of the tokens its cache kept.
+
+    Query-aware (`focus`): the question ends the suffix, as in the paper; either way the model
+    sees the same token sequence as the plain baseline, only compressed.
+    """
+    from homer import compress, generate
+
+    suffix = SUFFIX + QUESTION if focus else SUFFIX
+    ask = PRIMER if focus else QUESTION + PRIMER
+    cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
+    stream = generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
+    answer = "".join(stream)
+    return answer, str(tokenizer.decode(cache.token_ids))
+
+
 def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) -> tuple[str, str]:
-    """HOMER's answer and the text of the tokens its cache kept."""
-    from homer import HomerConfig, compress, generate
+    """HOMER's answer for `method` and the text of the tokens its cache kept."""
+    from homer import HomerConfig
     from homer.config import PAPER_WARMUP_FRACTION
 
     extra: dict[str, Any] = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
@@ -171,14 +189,7 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
         reduction=method.reduction,  # type: ignore[arg-type]
         **extra,
     )
-    # Query-aware: the question ends the suffix, as in the paper; either way the model sees the
-    # same token sequence as the plain baseline, only compressed.
-    suffix = SUFFIX + QUESTION if method.focus else SUFFIX
-    ask = PRIMER if method.focus else QUESTION + PRIMER
-    cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
-    stream = generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
-    answer = "".join(stream)
-    return answer, str(tokenizer.decode(cache.token_ids))
+    return ask_homer(model, tokenizer, text, config, method.focus, memo)
 
 
 def heatmaps(

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from benchmarks.common import environment, load, write_json
-from benchmarks.passkey import INSTRUCTION, MAX_NEW, PRIMER, QUESTION, SUFFIX, haystack
+from benchmarks.passkey import ask_homer, haystack
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="result name (default: passkey_sweep_<len>)")
     args = parser.parse_args()
 
-    from homer import HomerConfig, compress, generate
+    from homer import HomerConfig
     from homer.tree import SubtreeMemo
 
     depths = [float(x) for x in args.depths.split(",")]
@@ -50,20 +50,8 @@ def main() -> None:
         for depth, key in zip(depths, keys, strict=True):
             text = haystack(tokenizer, args.length, depth, key)
             began = time.perf_counter()
-            suffix = SUFFIX + QUESTION if focus else SUFFIX
-            ask = PRIMER if focus else QUESTION + PRIMER
-            cache = compress(
-                model,
-                tokenizer,
-                text,
-                HomerConfig(**settings),
-                prefix=INSTRUCTION,
-                suffix=suffix,
-                memo=memo,
-            )
-            answer = "".join(
-                generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
-            )
+            config = HomerConfig(**settings)
+            answer, _ = ask_homer(model, tokenizer, text, config, focus, memo)
             record = {
                 "variant": name,
                 "settings": settings,
