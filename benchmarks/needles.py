@@ -20,6 +20,7 @@ Rules (`--methods`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -106,7 +107,9 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 
 def kept_position_histogram(cache: Any, bins: int = 20) -> list[float]:
-    """Share of a chunk's document tokens kept, by relative position within the chunk."""
+    """Share of a chunk's document tokens kept, by relative position within the chunk.
+
+    `cache` must keep its leaves' positions (`HomerConfig(positions="paper")`)."""
     info = cache.info
     leaf_len = -(-info.document_tokens // info.num_chunks)  # ceil
     positions = cache.positions[info.prefix_tokens : cache.length - info.suffix_tokens]
@@ -178,7 +181,10 @@ def main() -> None:
                 )
                 save()
             if length == max(args.lengths):
-                cache = compress(model, tokenizer, hay, config, calibration=calibration)
+                # Leaf-relative positions: the same tokens as the default cache, before the
+                # final cache is renumbered 0..T-1 (which would hide where in a chunk they sat).
+                leafwise = dataclasses.replace(config, positions="paper")
+                cache = compress(model, tokenizer, hay, leafwise, calibration=calibration)
                 histograms[name] = kept_position_histogram(cache)
         if not args.no_answer:
             for needle, depth in zip(needles, depths, strict=True):

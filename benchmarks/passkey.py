@@ -85,6 +85,7 @@ class Method:
     reduction: str = "spans"
     merge_mask: str | None = None  # None: the library default
     paper_warmup: bool = False  # the paper's 12/32 warm-up share instead of the default
+    positions: str | None = None  # None: the library default ("compact")
 
 
 METHODS = {
@@ -95,6 +96,8 @@ METHODS = {
         Method("homer-nobias", "homer", bias=False),
         Method("homer-paper", "homer", reduction="paper"),
         Method("homer-paper-warmup", "homer", paper_warmup=True),
+        Method("homer-paper-positions", "homer", positions="paper"),
+        Method("homer-aware-paper-positions", "homer", focus=True, positions="paper"),
         Method("homer-seqmask", "homer", merge_mask="sequence"),
         Method("homer-posmask", "homer", merge_mask="position"),
         Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
@@ -182,6 +185,8 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
     from homer.config import PAPER_WARMUP_FRACTION
 
     extra: dict[str, Any] = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
+    if method.positions is not None:
+        extra["positions"] = method.positions
     if method.paper_warmup:
         extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
     config = HomerConfig(

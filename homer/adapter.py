@@ -169,6 +169,18 @@ class ModelAdapter:
         cos, sin = self.rotary_emb(hidden, positions.to(hidden.device).unsqueeze(0))
         return cos, sin
 
+    def turning(self, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)`, each `(1, T, head_dim)` float32, of the angles that move a cached key
+        by `shifts[t]` positions (see `homer.positions.turn_keys`).
+
+        The rotary module's attention scaling (YaRN's temperature) is divided out: the cached
+        keys already carry it once.
+        """
+        probe = torch.zeros(1, shifts.shape[0], 1, device=self.device, dtype=torch.float32)
+        cos, sin = self.rotary_emb(probe, shifts.to(self.device).unsqueeze(0))
+        scale = float(getattr(self.rotary_emb, "attention_scaling", 1.0) or 1.0)
+        return cos.float() / scale, sin.float() / scale
+
     def attention_mask(
         self, hidden: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor | None:

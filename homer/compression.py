@@ -16,6 +16,7 @@ from homer.cache import CacheInfo, HomerCache
 from homer.calibration import Calibration, calibrate
 from homer.config import HomerConfig
 from homer.errors import DocumentError
+from homer.positions import compact_positions, turn_keys
 from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
@@ -132,6 +133,15 @@ def compress(
     )
     root = runner.run(inputs)
     last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()
+    keys, positions = root.keys, root.positions
+    compact = compact_positions(root.positions)
+    if resolved.positions == "compact" and not torch.equal(compact, root.positions.cpu()):
+        # Merged leaves all reused one position range; a question reads the kept tokens far
+        # better as one sequence in document order (docs/RESULTS.md). Only keys carry position.
+        positions = compact
+        with torch.inference_mode():
+            cos, sin = adapter.turning(positions - root.positions)
+            keys = [turn_keys(k, cos.to(k.device), sin.to(k.device)) for k in root.keys]
     info = CacheInfo(
         prefix_text=prefix_text,
         suffix_text=suffix_text,
@@ -145,10 +155,10 @@ def compress(
         model_type=adapter.model_type,
     )
     return HomerCache(
-        keys=root.keys,
+        keys=keys,
         values=root.values,
         token_ids=root.token_ids.cpu(),
-        positions=root.positions.cpu(),
+        positions=positions.cpu(),
         last_logits=last_logits,
         info=info,
     )

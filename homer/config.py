@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 Reduction = Literal["paper", "spans"]
 MergeMask = Literal["sequence", "position"]
+FinalPositions = Literal["compact", "paper"]
 BiasMode = Literal["calibrated"]
 
 #: The paper uses 12 warm-up layers for 32-layer Llama-2 models (the `homer-paper-warmup`
@@ -58,6 +59,10 @@ class HomerConfig:
             that make it readable. A fact stated once (a code, an invented name) is a word seen
             once; filler repeats. Default: 2.0 with `"spans"`, 0 with `"paper"` (the paper has no
             such prior). 0 turns it off.
+        positions: position ids of the final cache. `"compact"` (default) turns its keys to
+            consecutive positions `0 .. T-1` in document order, so a question reads the kept
+            tokens as one sequence; `"paper"` keeps the positions the merges left, where every
+            leaf reused the same range (the evidence is in docs/RESULTS.md).
     """
 
     max_chunk_len: int | None = None
@@ -67,6 +72,7 @@ class HomerConfig:
     reduction: Reduction = "spans"
     merge_mask: MergeMask = "sequence"
     rare_word_boost: float | None = None
+    positions: FinalPositions = "compact"
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_len", "target_len"):
@@ -94,6 +100,8 @@ class HomerConfig:
             raise ValueError(
                 f"merge_mask must be 'sequence' or 'position', got {self.merge_mask!r}"
             )
+        if self.positions not in ("compact", "paper"):
+            raise ValueError(f"positions must be 'compact' or 'paper', got {self.positions!r}")
         if self.reduction not in ("paper", "spans"):
             raise ValueError(f"reduction must be 'paper' or 'spans', got {self.reduction!r}")
         boost = self.rare_word_boost
@@ -143,6 +151,7 @@ class HomerConfig:
                 if self.rare_word_boost is not None
                 else (DEFAULT_RARE_WORD_BOOST if self.reduction == "spans" else 0.0)
             ),
+            positions=self.positions,
         )
 
 
@@ -159,6 +168,7 @@ class ResolvedConfig:
     reduction: Reduction
     merge_mask: MergeMask = "sequence"
     rare_word_boost: float = 0.0
+    positions: FinalPositions = "compact"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

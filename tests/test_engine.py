@@ -18,6 +18,7 @@ import homer.tree
 from homer import HomerConfig, compress, generate
 from homer.adapter import ModelAdapter
 from homer.calibration import calibrate, calibration_text
+from homer.positions import turn_keys
 from homer.prompts import PromptTemplate, encode
 from homer.schedule import LayerSchedule
 from tests.tiny import make_tiny_model_dir
@@ -295,6 +296,30 @@ def test_query_aware_suffix_holds_the_question(model_dirs: dict[str, Path]) -> N
     )
     assert "Who is Tom?" in cache.info.suffix_text
     assert tokenizer.decode(cache.token_ids[-cache.info.suffix_tokens :]).endswith("Who is Tom?")
+
+
+# Final positions ------------------------------------------------------------------------------
+
+
+def test_compact_cache_is_the_paper_cache_turned_to_consecutive_positions(
+    tiny: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny
+    text = TEXT[:3000]
+    paper = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, positions="paper"))
+    compact = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128))
+    assert compact.info.height >= 2
+    assert sorted(set(paper.positions.tolist())) != paper.positions.tolist()  # reused ranges
+    assert compact.positions.tolist() == list(range(compact.length))
+    assert compact.last_position == compact.length - 1
+    assert torch.equal(compact.token_ids, paper.token_ids)
+    assert all(torch.equal(a, b) for a, b in zip(compact.values, paper.values, strict=True))
+    cos, sin = ModelAdapter(model).turning(compact.positions - paper.positions)
+    for a, b in zip(compact.keys, paper.keys, strict=True):
+        torch.testing.assert_close(a, turn_keys(b, cos, sin))
+        assert not torch.allclose(a, b)
+    assert compact.info.settings["positions"] == "compact"
+    assert "".join(generate(model, tokenizer, compact, "Who is Tom?", max_new_tokens=4))
 
 
 def test_memo_reuses_unchanged_subtrees_bit_for_bit(model_dirs: dict[str, Path]) -> None:
