@@ -86,6 +86,7 @@ class Method:
     merge_mask: str | None = None  # None: the library default
     paper_warmup: bool = False  # the paper's 12/32 warm-up share instead of the default
     positions: str | None = None  # None: the library default ("compact")
+    reread: bool = False  # answer from a plain prefill of the kept token ids (a diagnostic)
 
 
 METHODS = {
@@ -98,6 +99,7 @@ METHODS = {
         Method("homer-paper-warmup", "homer", paper_warmup=True),
         Method("homer-paper-positions", "homer", positions="paper"),
         Method("homer-aware-paper-positions", "homer", focus=True, positions="paper"),
+        Method("homer-reread", "homer", reread=True),
         Method("homer-seqmask", "homer", merge_mask="sequence"),
         Method("homer-posmask", "homer", merge_mask="position"),
         Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
@@ -162,20 +164,32 @@ def run_plain(model: Any, tokenizer: Any, text: str, truncate: bool) -> str:
 
 
 def ask_homer(
-    model: Any, tokenizer: Any, text: str, config: Any, focus: bool, memo: Any
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    config: Any,
+    focus: bool,
+    memo: Any,
+    reread: bool = False,
 ) -> tuple[str, str]:
     """HOMER's answer under `config` (a `HomerConfig`) and the text of the tokens its cache kept.
 
     Query-aware (`focus`): the question ends the suffix, as in the paper; either way the model
-    sees the same token sequence as the plain baseline, only compressed.
+    sees the same token sequence as the plain baseline, only compressed. `reread`: a diagnostic
+    that throws HOMER's keys and values away and lets the plain model read the kept token ids
+    as one ordinary sequence.
     """
     from homer import compress, generate
 
     suffix = SUFFIX + QUESTION if focus else SUFFIX
     ask = PRIMER if focus else QUESTION + PRIMER
     cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
-    stream = generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
-    answer = "".join(stream)
+    if reread:
+        ids = [*cache.token_ids.tolist(), *tokenizer(ask, add_special_tokens=False)["input_ids"]]
+        answer = str(tokenizer.decode(greedy(model, ids, MAX_NEW)))
+    else:
+        stream = generate(model, tokenizer, cache, ask, max_new_tokens=MAX_NEW, raw=True)
+        answer = "".join(stream)
     return answer, str(tokenizer.decode(cache.token_ids))
 
 
@@ -194,7 +208,7 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
         reduction=method.reduction,  # type: ignore[arg-type]
         **extra,
     )
-    return ask_homer(model, tokenizer, text, config, method.focus, memo)
+    return ask_homer(model, tokenizer, text, config, method.focus, memo, reread=method.reread)
 
 
 def heatmaps(

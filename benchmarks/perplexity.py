@@ -14,6 +14,8 @@ book before it, `book[:L]`; every method sees the same tokens. The book is Milto
 - `homer`: a query-agnostic HOMER cache of `book[:L]` (default settings: 4,096 tokens) with an
   empty prefix and an empty suffix, then the segment fed after it at positions
   `last_position + 1, ...`.
+- `homer-paper-positions`: the same with `HomerConfig(positions="paper")` (the final cache keeps
+  the positions the merges left instead of `0 .. T-1`).
 - `homer+ntk`, `homer+yarn`: the same on the model with that RoPE scaling.
 
 Perplexity is `exp(mean NLL)` over the segment's tokens 2..2048 (the first token is not scored,
@@ -46,7 +48,16 @@ from benchmarks.common import (
 )
 from benchmarks.passkey import rope_parameters
 
-METHODS = ["plain", "truncated", "ntk", "yarn", "homer", "homer+ntk", "homer+yarn"]
+METHODS = [
+    "plain",
+    "truncated",
+    "ntk",
+    "yarn",
+    "homer",
+    "homer-paper-positions",
+    "homer+ntk",
+    "homer+yarn",
+]
 DEFAULT_METHODS = ["plain", "truncated", "ntk", "yarn", "homer", "homer+yarn"]
 
 
@@ -96,7 +107,8 @@ def run_method(
     if name.startswith("homer"):
         text = tokenizer.decode(ids[:context])
         reencoded = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        cache = compress(model, tokenizer, text, HomerConfig(), prefix="", suffix="")
+        config = HomerConfig(positions="paper" if name == "homer-paper-positions" else "compact")
+        cache = compress(model, tokenizer, text, config, prefix="", suffix="")
         record["compress_s"] = round(time.perf_counter() - began, 1)
         nll = score_after_cache(model, cache, ids[context : context + seg])
         record.update(
