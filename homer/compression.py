@@ -133,15 +133,18 @@ def compress(
     )
     root = runner.run(inputs)
     last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()
-    keys, positions = root.keys, root.positions
-    compact = compact_positions(root.positions)
-    if resolved.positions == "compact" and not torch.equal(compact, root.positions.cpu()):
+    keys, values, token_ids = list(root.keys), root.values, root.token_ids.cpu()
+    positions = root.positions.cpu()
+    del root  # without a memo holding it, each old key tensor is freed as soon as it is turned
+    compact = compact_positions(positions)
+    if resolved.positions == "compact" and not torch.equal(compact, positions):
         # Merged leaves all reused one position range; a question reads the kept tokens far
         # better as one sequence in document order (docs/RESULTS.md). Only keys carry position.
-        positions = compact
         with torch.inference_mode():
-            cos, sin = adapter.turning(positions - root.positions)
-            keys = [turn_keys(k, cos.to(k.device), sin.to(k.device)) for k in root.keys]
+            cos, sin = adapter.turning(compact - positions)
+            for i, k in enumerate(keys):
+                keys[i] = turn_keys(k, cos.to(k.device), sin.to(k.device))
+        positions = compact
     info = CacheInfo(
         prefix_text=prefix_text,
         suffix_text=suffix_text,
@@ -156,9 +159,9 @@ def compress(
     )
     return HomerCache(
         keys=keys,
-        values=root.values,
-        token_ids=root.token_ids.cpu(),
-        positions=positions.cpu(),
+        values=values,
+        token_ids=token_ids,
+        positions=positions,
         last_logits=last_logits,
         info=info,
     )
