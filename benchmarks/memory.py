@@ -62,6 +62,7 @@ class Job:
     device: str
     dtype: str | None
     new_tokens: tuple[int, ...]
+    positions: str = "compact"  # HomerConfig(positions=...) for the HOMER cells
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,9 +258,10 @@ def child(job: Job) -> dict[str, Any]:
     began = time.perf_counter()
     with torch.inference_mode():
         if job.method == "homer":
-            from homer import compress
+            from homer import HomerConfig, compress
 
-            cache = compress(model, tokenizer, text)
+            config = HomerConfig(positions=job.positions)  # type: ignore[arg-type]
+            cache = compress(model, tokenizer, text, config)
             meter.sync()
             seconds = time.perf_counter() - began
             past = cache.to_dynamic_cache()
@@ -435,6 +437,9 @@ def main() -> None:
         "--full-timeout", type=float, default=None, help="seconds per full prefill (default: same)"
     )
     parser.add_argument("--name", default=None, help="result name (default: memory_<shape>)")
+    parser.add_argument(
+        "--positions", default="compact", choices=["compact", "paper"], help="final positions"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -463,7 +468,7 @@ def main() -> None:
 
     for method in args.methods:
         for length in args.lengths:
-            job = Job(method, length, args.shape, args.device, args.dtype, counts)
+            job = Job(method, length, args.shape, args.device, args.dtype, counts, args.positions)
             timeout = args.full_timeout if method == "full" and args.full_timeout else args.timeout
             record = measure(job, timeout, logs / f"{name}_{method}_{length}.log")
             record["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
