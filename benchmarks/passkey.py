@@ -87,6 +87,7 @@ class Method:
     paper_warmup: bool = False  # the paper's 12/32 warm-up share instead of the default
     positions: str | None = None  # None: the library default ("compact")
     reread: bool = False  # answer from a plain prefill of the kept token ids (a diagnostic)
+    reask: bool = False  # query-aware, and the question is asked again after the cache
 
 
 METHODS = {
@@ -100,6 +101,7 @@ METHODS = {
         Method("homer-paper-positions", "homer", positions="paper"),
         Method("homer-aware-paper-positions", "homer", focus=True, positions="paper"),
         Method("homer-reread", "homer", reread=True),
+        Method("homer-aware-reask", "homer", focus=True, reask=True),
         Method("homer-seqmask", "homer", merge_mask="sequence"),
         Method("homer-posmask", "homer", merge_mask="position"),
         Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
@@ -171,18 +173,20 @@ def ask_homer(
     focus: bool,
     memo: Any,
     reread: bool = False,
+    reask: bool = False,
 ) -> tuple[str, str]:
     """HOMER's answer under `config` (a `HomerConfig`) and the text of the tokens its cache kept.
 
     Query-aware (`focus`): the question ends the suffix, as in the paper; either way the model
     sees the same token sequence as the plain baseline, only compressed. `reread`: a diagnostic
     that throws HOMER's keys and values away and lets the plain model read the kept token ids
-    as one ordinary sequence.
+    as one ordinary sequence. `reask`: with `focus`, ask the question again after the cache, as
+    `homer ask` does on a cache ingested with `--focus`.
     """
     from homer import compress, generate
 
     suffix = SUFFIX + QUESTION if focus else SUFFIX
-    ask = PRIMER if focus else QUESTION + PRIMER
+    ask = PRIMER if focus and not reask else QUESTION + PRIMER
     cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
     if reread:
         ids = [*cache.token_ids.tolist(), *tokenizer(ask, add_special_tokens=False)["input_ids"]]
@@ -208,7 +212,9 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
         reduction=method.reduction,  # type: ignore[arg-type]
         **extra,
     )
-    return ask_homer(model, tokenizer, text, config, method.focus, memo, reread=method.reread)
+    return ask_homer(
+        model, tokenizer, text, config, method.focus, memo, reread=method.reread, reask=method.reask
+    )
 
 
 def heatmaps(
