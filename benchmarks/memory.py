@@ -62,7 +62,7 @@ class Job:
     device: str
     dtype: str | None
     new_tokens: tuple[int, ...]
-    positions: str = "compact"  # HomerConfig(positions=...) for the HOMER cells
+    positions: str | None = None  # HomerConfig(positions=...) for HOMER cells; None: default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +260,9 @@ def child(job: Job) -> dict[str, Any]:
         if job.method == "homer":
             from homer import HomerConfig, compress
 
-            config = HomerConfig(positions=job.positions)  # type: ignore[arg-type]
+            config = HomerConfig()
+            if job.positions is not None:
+                config = HomerConfig(positions=job.positions)  # type: ignore[arg-type]
             cache = compress(model, tokenizer, text, config)
             meter.sync()
             seconds = time.perf_counter() - began
@@ -438,7 +440,10 @@ def main() -> None:
     )
     parser.add_argument("--name", default=None, help="result name (default: memory_<shape>)")
     parser.add_argument(
-        "--positions", default="compact", choices=["compact", "paper"], help="final positions"
+        "--positions",
+        default=None,
+        choices=["compact", "paper"],
+        help="final positions of HOMER's cache (default: the library's)",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -107,7 +107,8 @@ def run_method(
     if name.startswith("homer"):
         text = tokenizer.decode(ids[:context])
         reencoded = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        config = HomerConfig(positions="paper" if name == "homer-paper-positions" else "compact")
+        paper = name == "homer-paper-positions"
+        config = HomerConfig(positions="paper") if paper else HomerConfig()
         cache = compress(model, tokenizer, text, config, prefix="", suffix="")
         record["compress_s"] = round(time.perf_counter() - began, 1)
         nll = score_after_cache(model, cache, ids[context : context + seg])

@@ -141,6 +141,7 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
         {"warmup_layers": -1},
         {"bias": "sometimes"},
         {"reduction": "random"},
+        {"positions": "shuffled"},
         {"rare_word_boost": -1.0},
         {"rare_word_boost": True},
         {"rare_word_boost": "high"},
