@@ -20,7 +20,16 @@ from homer.positions import compact_positions, turn_keys
 from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
-from homer.words import RARE_RADIUS, RARE_SHARE, token_kinds, widen, word_ids, word_rarity
+from homer.words import (
+    RARE_RADIUS,
+    RARE_SHARE,
+    fact_words,
+    token_kinds,
+    token_traits,
+    widen,
+    word_ids,
+    word_rarity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +135,11 @@ def compress(
         suffix=_ids(suffix_ids),
         context_words=words,
         word_rarity=(
-            widen(word_rarity(context, words), RARE_RADIUS, RARE_SHARE)
+            widen(
+                word_rarity(context, words, fact_words(context, words, token_traits(tokenizer))),
+                RARE_RADIUS,
+                RARE_SHARE,
+            )
             if resolved.rare_word_boost
             else None
         ),

@@ -5,7 +5,21 @@ from __future__ import annotations
 import torch
 
 from homer.significance import boost_rare, pool_over_words, select_tokens, select_words
-from homer.words import RARE_MAX_COUNT, widen, word_rarity
+from homer.words import (
+    CAPITAL,
+    DIGIT,
+    LETTER,
+    PLAIN_RARE_SHARE,
+    RARE_MAX_COUNT,
+    SENTENCE_END,
+    fact_words,
+    token_kinds,
+    token_traits,
+    widen,
+    word_ids,
+    word_rarity,
+)
+from tests.tiny import make_tiny_tokenizer
 
 
 def test_word_rarity_counts_exact_token_sequences() -> None:
@@ -17,6 +31,54 @@ def test_word_rarity_counts_exact_token_sequences() -> None:
     assert word_rarity(common, torch.arange(common.numel())).tolist() == [0.0] * 5 + [1.0]
     empty = torch.zeros(0, dtype=torch.long)
     assert word_rarity(empty, empty).numel() == 0
+
+
+def test_word_rarity_gives_words_that_are_not_facts_a_share() -> None:
+    tokens = torch.tensor([5, 6, 7, 8])
+    words = torch.arange(4)
+    facts = torch.tensor([True, False, True, False])
+    share = PLAIN_RARE_SHARE
+    assert word_rarity(tokens, words, facts).tolist() == [1.0, share, 1.0, share]
+
+
+def test_fact_words_marks_numbers_and_names_the_sentence_does_not_capitalise() -> None:
+    # vocabulary: 0 "The", 1 " cat", 2 " Orlan", 3 ".", 4 " 48", 5 "213", 6 " Then", 7 "\n",
+    # 8 " Paris", 9 ' "'
+    traits = torch.tensor(
+        [
+            LETTER | CAPITAL,
+            LETTER,
+            LETTER | CAPITAL,
+            SENTENCE_END,
+            DIGIT,
+            DIGIT,
+            LETTER | CAPITAL,
+            SENTENCE_END,
+            LETTER | CAPITAL,
+            SENTENCE_END,
+        ],
+        dtype=torch.int8,
+    )
+    # "The cat Orlan. Then 48213\n Paris cat" -> words: The, cat, Orlan, ., Then, 48213, \n,
+    # Paris, cat; and '"' + "Then" as one word after a quote mark.
+    tokens = torch.tensor([0, 1, 2, 3, 6, 4, 5, 7, 8, 1, 9, 6])
+    words = torch.tensor([0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 9])
+    facts = fact_words(tokens, words, traits).tolist()
+    # "The" opens the document, "Then" follows a full stop, "Paris" a line break, and the last
+    # word's capital follows a quote mark: none is a name. "Orlan" is; "48213" is a number.
+    assert facts == [False, False, True, False, False, True, False, False, False, False]
+    empty = torch.zeros(0, dtype=torch.long)
+    assert fact_words(empty, empty, traits).numel() == 0
+
+
+def test_token_traits_and_fact_words_on_a_real_tokenizer() -> None:
+    tokenizer = make_tiny_tokenizer()
+    text = "The keeper was called Orlan Vesk. In 1854 the keeper left.\nParis was far"
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    words = word_ids(ids, token_kinds(tokenizer))
+    facts = fact_words(ids, words, token_traits(tokenizer))
+    found = {tokenizer.decode(ids[words == w]).strip() for w in facts.nonzero().squeeze(1).tolist()}
+    assert found == {"Orlan", "Vesk", "1854"}
 
 
 def test_boost_rare_shifts_by_the_prunable_spread() -> None:

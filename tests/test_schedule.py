@@ -164,7 +164,7 @@ def test_rarity_prior_defaults_on_for_spans_and_off_for_the_paper_rule() -> None
         config = HomerConfig(**kwargs)  # type: ignore[arg-type]
         return config.resolve(num_layers=30, window=8192).rare_word_boost
 
-    assert boost() == 2.0
+    assert boost() == 4.0
     assert boost(reduction="paper") == 0.0
     assert boost(reduction="paper", rare_word_boost=1) == 1.0
     assert boost(rare_word_boost=0) == 0.0
