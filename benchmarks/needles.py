@@ -10,6 +10,11 @@ record whether the key span (the code or the name) survives intact in the cache,
 ~3k-token excerpt around it (one chunk: an exact plain prefill). A needle-free run per rule gives
 the histogram of kept-token positions within a chunk.
 
+`--baselines full-window homer-full-window` add two arms on a window-filling excerpt (about 7k
+tokens around the needle): the plain model reading it in its whole native window (one exact
+prefill), and HOMER's default on the very same text. They separate what compression loses from
+what the model loses by reading more text at once.
+
 Rules (`--methods`):
 - `paper`: the paper's rule: single tokens, bias calibrated on plain text.
 - `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
@@ -80,8 +85,13 @@ def insert(hay: str, sentence: str, depth: float) -> str:
     return hay[:cut] + " " + sentence + hay[cut:]
 
 
+#: Characters of the window-filling excerpt: about 7k tokens of this prose, which with the prompt
+#: fits the embedded model's 8,192-token window.
+FULL_WINDOW_CHARS = 28000
+
+
 def excerpt(text: str, sentence: str, chars: int = 12000) -> str:
-    """About 3k tokens of `text` around `sentence` (for the in-window baseline)."""
+    """About `chars / 4` tokens of `text` around `sentence` (3k by default: one chunk)."""
     at = text.find(sentence)
     start = max(0, at - chars // 2)
     return text[start : start + chars]
@@ -123,8 +133,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[16000, 32000])
     parser.add_argument("--needles", type=int, default=20)
-    parser.add_argument("--methods", nargs="+", default=["paper", "default"])
+    parser.add_argument("--methods", nargs="*", default=["paper", "default"])
     parser.add_argument("--no-answer", action="store_true", help="survival only, no generation")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["in-window"],
+        choices=["in-window", "full-window", "homer-full-window"],
+        help="in-window: a 3k excerpt in one chunk; full-window: a ~7k excerpt read by the plain "
+        "model in its whole window; homer-full-window: HOMER's default on that same excerpt",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="needles")
     args = parser.parse_args()
@@ -146,6 +164,41 @@ def main() -> None:
             {"environment": environment(), "records": records, "histograms": histograms}
             | (extra or {}),
         )
+
+    from homer import HomerConfig
+    from homer.adapter import ModelAdapter
+
+    window = ModelAdapter(model).window
+
+    def run_baseline(
+        baseline: str, length: int, hay: str, needles: list[Needle], depths: list[float]
+    ) -> None:
+        if baseline == "in-window":
+            chars, config = 12000, HomerConfig()
+        elif baseline == "full-window":
+            chars, config = FULL_WINDOW_CHARS, HomerConfig(max_chunk_len=window)
+        else:
+            chars, config = FULL_WINDOW_CHARS, HomerConfig()
+        for needle, depth in zip(needles, depths, strict=True):
+            text = excerpt(insert(hay, needle.sentence, depth), needle.sentence, chars)
+            cache = compress(model, tokenizer, text, config)
+            if baseline != "homer-full-window":
+                assert cache.info.num_chunks == 1, "a plain baseline must fit one chunk"
+            reply = answer(cache, needle)
+            records.append(
+                {
+                    "method": baseline,
+                    "length": length,
+                    "depth": round(depth, 3),
+                    "key": needle.key,
+                    "survived": needle.key in str(tokenizer.decode(cache.token_ids)),
+                    "answer": reply,
+                    "correct": needle.key in reply,
+                    "document_tokens": cache.info.document_tokens,
+                }
+            )
+            print(f"{baseline:16s} {length:6d} d={depth:.2f} {needle.key!r:16s} {reply!r}")
+            save()
 
     for length in args.lengths:
         hay = haystack(tokenizer, prose, length)
@@ -187,27 +240,11 @@ def main() -> None:
                 cache = compress(model, tokenizer, hay, leafwise, calibration=calibration)
                 histograms[name] = kept_position_histogram(cache)
         if not args.no_answer:
-            for needle, depth in zip(needles, depths, strict=True):
-                text = excerpt(insert(hay, needle.sentence, depth), needle.sentence)
-                cache = compress(model, tokenizer, text, config)
-                assert cache.info.num_chunks == 1, "the in-window excerpt must fit one chunk"
-                reply = answer(cache, needle)
-                records.append(
-                    {
-                        "method": "in-window",
-                        "length": length,
-                        "depth": round(depth, 3),
-                        "key": needle.key,
-                        "survived": True,
-                        "answer": reply,
-                        "correct": needle.key in reply,
-                    }
-                )
-                print(f"in-window        {length:6d} d={depth:.2f} {needle.key!r:16s} {reply!r}")
-                save()
+            for baseline in args.baselines:
+                run_baseline(baseline, length, hay, needles, depths)
 
     rows = []
-    methods = [*args.methods, *([] if args.no_answer else ["in-window"])]
+    methods = [*args.methods, *([] if args.no_answer else args.baselines)]
     for name in methods:
         for length in args.lengths:
             subset = [r for r in records if r["method"] == name and r["length"] == length]
