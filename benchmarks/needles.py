@@ -259,7 +259,7 @@ def main() -> None:
                 ]
             )
     table = markdown_table(["rule", "length", "key span intact", "answer right"], rows)
-    image = plot_histograms(histograms, max(args.lengths), args.name)
+    image = plot_histograms(histograms, max(args.lengths), args.name) if histograms else None
     save({"table": table, "histogram_png": image})
     print(table)
 
