@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,59 +30,62 @@ CAPITAL, DIGIT, SENTENCE_END, LETTER, BLANK = 1, 2, 4, 8, 16
 _SENTENCE_ENDS = frozenset('.!?:;"\u201d)]')
 
 
-def token_kinds(tokenizer: Any) -> torch.Tensor:
-    """`(vocab,)` int8: 0 = starts with a space, 1 = starts with a letter or digit, 2 = other."""
+def _vocab_table(
+    tokenizer: Any,
+    tables: weakref.WeakKeyDictionary[Any, torch.Tensor],
+    classify: Callable[[str], int],
+    fill: int,
+) -> torch.Tensor:
+    """`(vocab,)` int8 of `classify(piece)` per token (`fill` for special and empty tokens),
+    built once per tokenizer."""
     try:
-        return _TABLES[tokenizer]
+        return tables[tokenizer]
     except (KeyError, TypeError):
         pass
     size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    kinds = torch.full((size,), _OTHER, dtype=torch.int8)
+    table = torch.full((size,), fill, dtype=torch.int8)
     special = set(getattr(tokenizer, "all_special_ids", []))
     for idx, piece in enumerate(pieces):
-        if not piece or idx in special:
-            continue
-        first = piece[0]
-        if first in _SPACE_MARKERS or first.isspace():
-            kinds[idx] = _SPACE
-        elif first.isalnum():
-            kinds[idx] = _WORD
+        if piece and idx not in special:
+            table[idx] = classify(piece)
     with contextlib.suppress(TypeError):  # tokenizers that cannot be weakly referenced
-        _TABLES[tokenizer] = kinds
-    return kinds
+        tables[tokenizer] = table
+    return table
+
+
+def _kind(piece: str) -> int:
+    first = piece[0]
+    if first in _SPACE_MARKERS or first.isspace():
+        return _SPACE
+    return _WORD if first.isalnum() else _OTHER
+
+
+def _traits(piece: str) -> int:
+    text = piece.lstrip("".join(_SPACE_MARKERS))
+    bits = 0
+    letter = next((c for c in text if c.isalpha()), "")
+    if letter:
+        bits |= LETTER | (CAPITAL if letter.isupper() else 0)
+    if any(c.isdigit() for c in text):
+        bits |= DIGIT
+    if "\n" in piece or "\u010a" in piece or text.rstrip()[-1:] in _SENTENCE_ENDS:
+        bits |= SENTENCE_END
+    elif not text.strip():
+        bits |= BLANK
+    return bits
+
+
+def token_kinds(tokenizer: Any) -> torch.Tensor:
+    """`(vocab,)` int8: 0 = starts with a space, 1 = starts with a letter or digit, 2 = other."""
+    return _vocab_table(tokenizer, _TABLES, _kind, _OTHER)
 
 
 def token_traits(tokenizer: Any) -> torch.Tensor:
     """`(vocab,)` int8 bit mask per token: `LETTER` (it holds a letter), `CAPITAL` (its first
     letter is upper case), `DIGIT` (it holds a digit), `SENTENCE_END` (it holds a line break, or
     its text ends with closing punctuation such as `.`, `?` or `"`), `BLANK` (only spaces)."""
-    try:
-        return _TRAITS[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    traits = torch.zeros((size,), dtype=torch.int8)
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    for idx, piece in enumerate(pieces):
-        if not piece or idx in special:
-            continue
-        text = piece.lstrip("".join(_SPACE_MARKERS))
-        bits = 0
-        letter = next((c for c in text if c.isalpha()), "")
-        if letter:
-            bits |= LETTER | (CAPITAL if letter.isupper() else 0)
-        if any(c.isdigit() for c in text):
-            bits |= DIGIT
-        if "\n" in piece or "\u010a" in piece or text.rstrip()[-1:] in _SENTENCE_ENDS:
-            bits |= SENTENCE_END
-        elif not text.strip():
-            bits |= BLANK
-        traits[idx] = bits
-    with contextlib.suppress(TypeError):
-        _TRAITS[tokenizer] = traits
-    return traits
+    return _vocab_table(tokenizer, _TRAITS, _traits, 0)
 
 
 def word_ids(token_ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
