@@ -10,6 +10,8 @@ record whether the key span (the code or the name) survives intact in the cache,
 ~3k-token excerpt around it (one chunk: an exact plain prefill). A needle-free run per rule gives
 the histogram of kept-token positions within a chunk.
 
+`--baselines one-chunk` adds the plain model on the excerpt that fills exactly one chunk: as
+many document tokens as HOMER's final cache holds, the issue's "inside its window (one chunk)".
 `--baselines full-window homer-full-window` add two arms on a window-filling excerpt (about 7k
 tokens around the needle): the plain model reading it in its whole native window (one exact
 prefill), and HOMER's default on the very same text. They separate what compression loses from
@@ -19,6 +21,7 @@ Rules (`--methods`):
 - `paper`: the paper's rule: single tokens, bias calibrated on plain text.
 - `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
 - `no-rarity`: the default without the in-document rarity prior (`rare_word_boost=0`).
+- `no-runs`: the default without runs (`run_radius=0`; session 5's default).
 - `tokens+template`, `spans+plain`: one change at a time, for attribution.
 """
 
@@ -97,6 +100,24 @@ def excerpt(text: str, sentence: str, chars: int = 12000) -> str:
     return text[start : start + chars]
 
 
+def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int) -> str:
+    """The longest run of whole tokens of `text` around `sentence` that is at most `tokens`
+    tokens long when tokenized again, centred on the sentence where the text allows."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    at = text.find(sentence)
+    middle = next(i for i, (a, _) in enumerate(offsets) if a >= at)
+    budget = tokens
+    while True:
+        first = max(0, min(middle - budget // 2, len(offsets) - budget))
+        last = min(len(offsets), first + budget)
+        piece = text[offsets[first][0] : offsets[last - 1][1]]
+        if len(tokenizer(piece, add_special_tokens=False)["input_ids"]) <= tokens:
+            return piece
+        budget -= 8  # re-tokenizing the cut edges may add a token or two
+
+
 def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
     """(HomerConfig, Calibration or None) for a reduction rule."""
     from homer import HomerConfig, calibrate
@@ -107,6 +128,8 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         return HomerConfig(), None
     if name == "no-rarity":
         return HomerConfig(rare_word_boost=0), None
+    if name == "no-runs":
+        return HomerConfig(run_radius=0), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")
@@ -139,9 +162,11 @@ def main() -> None:
         "--baselines",
         nargs="*",
         default=["in-window"],
-        choices=["in-window", "full-window", "homer-full-window"],
-        help="in-window: a 3k excerpt in one chunk; full-window: a ~7k excerpt read by the plain "
-        "model in its whole window; homer-full-window: HOMER's default on that same excerpt",
+        choices=["in-window", "one-chunk", "full-window", "homer-full-window"],
+        help="in-window: a 3k excerpt in one chunk; one-chunk: the excerpt that fills exactly one "
+        "chunk (as many document tokens as HOMER's final cache), plain; full-window: a ~7k excerpt "
+        "read by the plain model in its whole window; homer-full-window: HOMER's default on that "
+        "same excerpt",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="needles")
@@ -168,19 +193,32 @@ def main() -> None:
     from homer import HomerConfig
     from homer.adapter import ModelAdapter
 
-    window = ModelAdapter(model).window
+    adapter = ModelAdapter(model)
+    window = adapter.window
+    # Document tokens in one chunk: the chunk less the prompt around it (HOMER's final cache
+    # holds exactly as many).
+    affixes = compress(model, tokenizer, "x", HomerConfig()).info
+    chunk_tokens = (
+        HomerConfig().resolve(num_layers=adapter.num_layers, window=window).max_chunk_len
+        - affixes.prefix_tokens
+        - affixes.suffix_tokens
+    )
 
     def run_baseline(
         baseline: str, length: int, hay: str, needles: list[Needle], depths: list[float]
     ) -> None:
-        if baseline == "in-window":
+        if baseline in ("in-window", "one-chunk"):
             chars, config = 12000, HomerConfig()
         elif baseline == "full-window":
             chars, config = FULL_WINDOW_CHARS, HomerConfig(max_chunk_len=window)
         else:
             chars, config = FULL_WINDOW_CHARS, HomerConfig()
         for needle, depth in zip(needles, depths, strict=True):
-            text = excerpt(insert(hay, needle.sentence, depth), needle.sentence, chars)
+            full = insert(hay, needle.sentence, depth)
+            if baseline == "one-chunk":
+                text = token_excerpt(tokenizer, full, needle.sentence, chunk_tokens)
+            else:
+                text = excerpt(full, needle.sentence, chars)
             cache = compress(model, tokenizer, text, config)
             if baseline != "homer-full-window":
                 assert cache.info.num_chunks == 1, "a plain baseline must fit one chunk"
@@ -213,7 +251,8 @@ def main() -> None:
                 began = time.perf_counter()
                 cache = compress(model, tokenizer, text, config, calibration=calibration, memo=memo)
                 seconds = time.perf_counter() - began
-                survived = needle.key in str(tokenizer.decode(cache.token_ids))
+                kept_text = str(tokenizer.decode(cache.token_ids))
+                survived = needle.key in kept_text
                 reply = None if args.no_answer else answer(cache, needle)
                 records.append(
                     {
@@ -222,6 +261,7 @@ def main() -> None:
                         "depth": round(depth, 3),
                         "key": needle.key,
                         "survived": survived,
+                        "sentence_kept": needle.sentence in kept_text,
                         "answer": reply,
                         "correct": None if reply is None else needle.key in reply,
                         "compress_s": round(seconds, 2),
@@ -249,16 +289,20 @@ def main() -> None:
         for length in args.lengths:
             subset = [r for r in records if r["method"] == name and r["length"] == length]
             kept = sum(r["survived"] for r in subset)
+            sentences = [r["sentence_kept"] for r in subset if "sentence_kept" in r]
             right = [r["correct"] for r in subset if r["correct"] is not None]
             rows.append(
                 [
                     name,
                     f"{length // 1000}k",
                     f"{kept / len(subset):.0%} ({kept}/{len(subset)})",
+                    f"{sum(sentences)}/{len(sentences)}" if sentences else "-",
                     f"{sum(right) / len(right):.0%} ({sum(right)}/{len(right)})" if right else "-",
                 ]
             )
-    table = markdown_table(["rule", "length", "key span intact", "answer right"], rows)
+    table = markdown_table(
+        ["rule", "length", "key span intact", "whole sentence kept", "answer right"], rows
+    )
     image = plot_histograms(histograms, max(args.lengths), args.name) if histograms else None
     save({"table": table, "histogram_png": image})
     print(table)

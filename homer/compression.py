@@ -127,6 +127,7 @@ def compress(
         memo=memo,
         position_mask=resolved.merge_mask == "position",
         rare_word_boost=resolved.rare_word_boost,
+        run_radius=resolved.run_radius,
     )
     words = word_ids(context, token_kinds(tokenizer))
     inputs = TreeInputs(

@@ -27,6 +27,7 @@ from homer.significance import (
     select_tokens,
     select_words,
     significance,
+    spread_to_runs,
 )
 
 
@@ -116,6 +117,8 @@ class TreeRunner:
         whole_words: keep words whole when pruning (span-aware selection).
         position_mask: in merged nodes, also forbid attending to larger position ids.
         rare_word_boost: weight of the in-document rarity prior (see `HomerConfig`); 0 = none.
+        run_radius: tokens from which a token may inherit a neighbour's score (see
+            `HomerConfig`); 0 = none.
         progress: called after every node.
     """
 
@@ -130,9 +133,11 @@ class TreeRunner:
         memo: SubtreeMemo | None = None,
         position_mask: bool = False,
         rare_word_boost: float = 0.0,
+        run_radius: int = 0,
     ) -> None:
         self.adapter = adapter
         self.rare_word_boost = rare_word_boost
+        self.run_radius = run_radius
         self._word_rarity: torch.Tensor | None = None
         self.position_mask = position_mask
         self.memo = memo
@@ -144,6 +149,7 @@ class TreeRunner:
             tuple(schedule.layers(0)),
             position_mask,
             rare_word_boost,
+            run_radius,
         )
         self.plan = plan
         self.schedule = schedule
@@ -193,6 +199,8 @@ class TreeRunner:
             rarity = self._word_rarity.to(scores.device)[words.clamp(min=0)]
             rarity = rarity.masked_fill(words < 0, 0.0)
             scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
+        if self.run_radius:
+            scores = spread_to_runs(scores, prunable, self.run_radius)
         if self.whole_words:
             indices = select_words(scores, prunable, node.word_ids.to(scores.device), keep)
         else:

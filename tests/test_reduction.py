@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from homer.significance import boost_rare, pool_over_words, select_tokens, select_words
+from homer.significance import (
+    RUN_DECAY,
+    boost_rare,
+    pool_over_words,
+    select_tokens,
+    select_words,
+    spread_to_runs,
+)
 from homer.words import (
     CAPITAL,
     DIGIT,
@@ -123,3 +130,43 @@ def test_widen_lends_a_share_of_rarity_to_neighbouring_words() -> None:
     widened = widen(rarity, radius=2, share=0.5)
     assert widened.tolist() == [0.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.125, 0.25]
     assert torch.equal(widen(rarity, radius=0, share=0.5), rarity)
+
+
+def test_spread_to_runs_lets_neighbours_inherit_a_strong_score_less_a_decay() -> None:
+    scores = torch.tensor([0.0, 1.0, 0.0, 1.0, 10.0, 1.0, 0.0, 1.0, 0.0])
+    prunable = torch.ones(9, dtype=torch.bool)
+    step = RUN_DECAY * float(scores.std())
+    spread = spread_to_runs(scores, prunable, radius=2)
+    # The definition, written out: the best of every neighbour within 2, less the decay.
+    for t in range(9):
+        inherited = [
+            float(scores[u]) - abs(u - t) * step for u in range(max(0, t - 2), min(9, t + 3))
+        ]
+        assert abs(float(spread[t]) - max(inherited)) < 1e-5
+    # The strong token's neighbours now outrank every other token.
+    assert bool((spread[2:7] > spread[[0, 1, 7, 8]].max()).all())
+    assert bool((spread >= scores).all())
+    assert torch.equal(spread_to_runs(scores, prunable, radius=0), scores)
+
+
+def test_spread_to_runs_ignores_protected_tokens() -> None:
+    # A protected token (prefix/suffix) with a huge score must not pull the document's edge in,
+    # and keeps its own score.
+    scores = torch.tensor([100.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    prunable = torch.tensor([False, True, True, True, True, True])
+    spread = spread_to_runs(scores, prunable, radius=3)
+    assert float(spread[0]) == 100.0
+    assert float(spread[1:].max()) < 2.0
+
+
+def test_spread_to_runs_keeps_a_run_around_a_kept_fact() -> None:
+    # Ten words of one token each; the fact word (index 6) alone is strong. With a budget of 3,
+    # selection without runs keeps scattered noise winners; with runs it keeps the fact's
+    # neighbours, so the kept tokens are one contiguous run.
+    scores = torch.tensor([0.9, 0.0, 0.8, 0.0, 0.1, 0.2, 5.0, 0.1, 0.0, 0.7])
+    prunable = torch.ones(10, dtype=torch.bool)
+    words = torch.arange(10)
+    plain = select_words(scores, prunable, words, keep=3).tolist()
+    assert plain == [0, 2, 6]
+    runs = select_words(spread_to_runs(scores, prunable, radius=2), prunable, words, keep=3)
+    assert runs.tolist() == [5, 6, 7]

@@ -145,6 +145,9 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
         {"rare_word_boost": -1.0},
         {"rare_word_boost": True},
         {"rare_word_boost": "high"},
+        {"run_radius": -1},
+        {"run_radius": 2.5},
+        {"run_radius": True},
     ],
 )
 def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -> None:
@@ -168,3 +171,14 @@ def test_rarity_prior_defaults_on_for_spans_and_off_for_the_paper_rule() -> None
     assert boost(reduction="paper") == 0.0
     assert boost(reduction="paper", rare_word_boost=1) == 1.0
     assert boost(rare_word_boost=0) == 0.0
+
+
+def test_runs_default_on_for_spans_and_off_for_the_paper_rule() -> None:
+    def radius(**kwargs: object) -> int:
+        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
+        return config.resolve(num_layers=30, window=8192).run_radius
+
+    assert radius() == 8
+    assert radius(reduction="paper") == 0
+    assert radius(reduction="paper", run_radius=3) == 3
+    assert radius(run_radius=0) == 0
