@@ -9,9 +9,13 @@ after the question and the answer's own opening ("The combination of the harbour
 the attention the model's best head puts on the cached key when it is about to say it. Both read
 what the cache offers, whatever the model would have generated.
 
-Contexts: `haystack` (the whole needle haystack of `--length` tokens) or `excerpt` (`--chars`
-characters around the needle). Sizes left unset take HOMER's defaults; a one-chunk context with
-`--target-len` at least its length is the plain model's exact prefill. `--random-scores`
+Contexts: `haystack` (the whole needle haystack of `--length` tokens), `excerpt` (`--chars`
+characters around the needle), or `runs` (a diagnostic of what the model can read: runs of
+`--run-len` consecutive haystack tokens, `--run-tokens` in all, spread evenly over the haystack,
+one of them centred on the needle, joined in document order and read by the plain model in
+its native window; `--run-len` equal to `--run-tokens` is one contiguous excerpt). Sizes left
+unset take HOMER's defaults; a one-chunk context with `--target-len` at least its length is the
+plain model's exact prefill. `--random-scores`
 replaces the attention significance with random numbers (the rarity prior still applies), to
 test whether *which* tokens are kept matters.
 """
@@ -70,15 +74,32 @@ def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]
     }
 
 
+def runs(tokenizer: Any, text: str, sentence: str, run_len: int, total: int) -> str:
+    """`total // run_len` runs of `run_len` tokens of `text`, spread evenly, in document order,
+    the one nearest the sentence moved to be centred on it."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    at = text.find(sentence)
+    middle = next(i for i, (a, _) in enumerate(offsets) if a >= at)
+    count = max(1, total // run_len)
+    starts = [int(j * (len(ids) - run_len) / max(1, count - 1)) for j in range(count)]
+    nearest = min(range(count), key=lambda j: abs(starts[j] - (middle - run_len // 2)))
+    starts[nearest] = max(0, middle - run_len // 2)
+    return "".join(str(tokenizer.decode(ids[s : s + run_len])) for s in sorted(starts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=16000, help="haystack tokens")
-    parser.add_argument("--context", choices=["haystack", "excerpt"], default="haystack")
+    parser.add_argument("--context", choices=["haystack", "excerpt", "runs"], default="haystack")
+    parser.add_argument("--run-len", type=int, default=62, help="tokens per run (runs context)")
+    parser.add_argument("--run-tokens", type=int, default=4000, help="tokens of all runs")
     parser.add_argument("--chars", type=int, default=12000, help="excerpt size in characters")
     parser.add_argument("--needles", type=int, default=10, help="the first N of 20 needles")
     parser.add_argument("--max-chunk-len", type=int)
     parser.add_argument("--target-len", type=int)
     parser.add_argument("--warmup-layers", type=int)
+    parser.add_argument("--run-radius", type=int)
     parser.add_argument("--random-scores", action="store_true")
     parser.add_argument("--name", default="needle_logprob")
     args = parser.parse_args()
@@ -99,7 +120,12 @@ def main() -> None:
         max_chunk_len=args.max_chunk_len,
         target_len=args.target_len,
         warmup_layers=args.warmup_layers,
+        run_radius=args.run_radius,
     )
+    if args.context == "runs":
+        from homer.adapter import ModelAdapter
+
+        config = HomerConfig(max_chunk_len=ModelAdapter(model).window)  # one exact prefill
     hay = haystack(tokenizer, natural_prose(), args.length)
     rng = random.Random(args.length)  # the needles of `benchmarks.needles` at this length
     needles = [make_needle(rng, i) for i in range(20)]
@@ -109,6 +135,8 @@ def main() -> None:
         text = insert(hay, needle.sentence, depth)
         if args.context == "excerpt":
             text = excerpt(text, needle.sentence, args.chars)
+        elif args.context == "runs":
+            text = runs(tokenizer, text, needle.sentence, args.run_len, args.run_tokens)
         cache = compress(model, tokenizer, text, config)
         row = score(model, tokenizer, cache, needle) | {
             "depth": round(depth, 3),
