@@ -32,9 +32,10 @@ DEFAULT_WARMUP_FRACTION = 1 / 2
 #: that 2.0 and 3.0 lost at 32k (docs/RESULTS.md).
 DEFAULT_RARE_WORD_BOOST = 4.0
 
-#: Default `run_radius` with `reduction="spans"`. Session 6: on ten 16k needles, a fact's key
-#: pulling the 8 tokens on each side in with it raised the log-probability of the right answer
-#: from -12.9 to -10.3 nats, with every key still kept (docs/RESULTS.md).
+#: Default `run_radius` with `reduction="spans"`. Session 6, natural-prose needles on the embedded
+#: model: answered 8/20 at 32k and 2/20 at 16k (1/20 and 0/20 without runs; the plain model on a
+#: one-chunk excerpt: 4/20 and 6/20), passkey 30/30, perplexity no worse; the cost is the weakest
+#: names at 32k (key kept 17/20 instead of 20/20). docs/RESULTS.md.
 DEFAULT_RUN_RADIUS = 8
 
 
