@@ -162,23 +162,21 @@ def test_config_resolves_defaults_from_the_model() -> None:
         HomerConfig(max_chunk_len=9000).resolve(num_layers=30, window=8192)
 
 
-def test_rarity_prior_defaults_on_for_spans_and_off_for_the_paper_rule() -> None:
-    def boost(**kwargs: object) -> float:
+@pytest.mark.parametrize(
+    ("field", "on", "chosen"),
+    [("rare_word_boost", 4.0, 1.0), ("run_radius", 8, 3)],
+)
+def test_reduction_extras_default_on_for_spans_and_off_for_the_paper_rule(
+    field: str, on: float, chosen: float
+) -> None:
+    """The rarity prior and runs are ours, not the paper's: on by default with whole words, off
+    with the paper's rule unless asked for, and 0 turns them off."""
+
+    def resolved(**kwargs: object) -> float:
         config = HomerConfig(**kwargs)  # type: ignore[arg-type]
-        return config.resolve(num_layers=30, window=8192).rare_word_boost
+        return float(getattr(config.resolve(num_layers=30, window=8192), field))
 
-    assert boost() == 4.0
-    assert boost(reduction="paper") == 0.0
-    assert boost(reduction="paper", rare_word_boost=1) == 1.0
-    assert boost(rare_word_boost=0) == 0.0
-
-
-def test_runs_default_on_for_spans_and_off_for_the_paper_rule() -> None:
-    def radius(**kwargs: object) -> int:
-        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
-        return config.resolve(num_layers=30, window=8192).run_radius
-
-    assert radius() == 8
-    assert radius(reduction="paper") == 0
-    assert radius(reduction="paper", run_radius=3) == 3
-    assert radius(run_radius=0) == 0
+    assert resolved() == on
+    assert resolved(reduction="paper") == 0
+    assert resolved(reduction="paper", **{field: int(chosen)}) == chosen
+    assert resolved(**{field: 0}) == 0
