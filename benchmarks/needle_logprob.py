@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import environment, load, natural_prose, write_json
-from benchmarks.needles import excerpt, haystack, insert, make_needle
+from benchmarks.needles import excerpt, haystack, insert, locate, make_needle
 
 
 def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]:
@@ -77,10 +77,7 @@ def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]
 def runs(tokenizer: Any, text: str, sentence: str, run_len: int, total: int) -> str:
     """`total // run_len` runs of `run_len` tokens of `text`, spread evenly, in document order,
     the one nearest the sentence moved to be centred on it."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    at = text.find(sentence)
-    middle = next(i for i, (a, _) in enumerate(offsets) if a >= at)
+    ids, _, middle = locate(tokenizer, text, sentence)
     count = max(1, total // run_len)
     starts = [int(j * (len(ids) - run_len) / max(1, count - 1)) for j in range(count)]
     nearest = min(range(count), key=lambda j: abs(starts[j] - (middle - run_len // 2)))

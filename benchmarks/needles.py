@@ -100,14 +100,18 @@ def excerpt(text: str, sentence: str, chars: int = 12000) -> str:
     return text[start : start + chars]
 
 
+def locate(tokenizer: Any, text: str, sentence: str) -> tuple[list[int], list[Any], int]:
+    """`text`'s token ids, their character offsets, and the index of the sentence's first token."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    at = text.find(sentence)
+    return encoded["input_ids"], offsets, next(i for i, (a, _) in enumerate(offsets) if a >= at)
+
+
 def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int) -> str:
     """The longest run of whole tokens of `text` around `sentence` that is at most `tokens`
     tokens long when tokenized again, centred on the sentence where the text allows."""
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-        "offset_mapping"
-    ]
-    at = text.find(sentence)
-    middle = next(i for i, (a, _) in enumerate(offsets) if a >= at)
+    _, offsets, middle = locate(tokenizer, text, sentence)
     budget = tokens
     while True:
         first = max(0, min(middle - budget // 2, len(offsets) - budget))
@@ -195,20 +199,21 @@ def main() -> None:
 
     adapter = ModelAdapter(model)
     window = adapter.window
-    # Document tokens in one chunk: the chunk less the prompt around it (HOMER's final cache
-    # holds exactly as many).
-    affixes = compress(model, tokenizer, "x", HomerConfig()).info
-    chunk_tokens = (
-        HomerConfig().resolve(num_layers=adapter.num_layers, window=window).max_chunk_len
-        - affixes.prefix_tokens
-        - affixes.suffix_tokens
-    )
+
+    def one_chunk_tokens() -> int:
+        """Document tokens in one chunk: the chunk less the prompt around it (HOMER's final
+        cache holds exactly as many)."""
+        affixes = compress(model, tokenizer, "x", HomerConfig()).info
+        chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=window).max_chunk_len
+        return chunk - affixes.prefix_tokens - affixes.suffix_tokens
+
+    chunk_tokens = one_chunk_tokens() if "one-chunk" in args.baselines else 0
 
     def run_baseline(
         baseline: str, length: int, hay: str, needles: list[Needle], depths: list[float]
     ) -> None:
         if baseline in ("in-window", "one-chunk"):
-            chars, config = 12000, HomerConfig()
+            chars, config = 12000, HomerConfig()  # one-chunk cuts by tokens, not chars
         elif baseline == "full-window":
             chars, config = FULL_WINDOW_CHARS, HomerConfig(max_chunk_len=window)
         else:
