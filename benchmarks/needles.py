@@ -22,6 +22,8 @@ Rules (`--methods`):
 - `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
 - `no-rarity`: the default without the in-document rarity prior (`rare_word_boost=0`).
 - `no-runs`: the default without runs (`run_radius=0`; session 5's default).
+- `no-keep-facts`: the default without reserving facts before runs (`keep_facts=False`;
+  session 6's default).
 - `tokens+template`, `spans+plain`: one change at a time, for attribution.
 """
 
@@ -134,6 +136,8 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         return HomerConfig(rare_word_boost=0), None
     if name == "no-runs":
         return HomerConfig(run_radius=0), None
+    if name == "no-keep-facts":
+        return HomerConfig(keep_facts=False), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")

@@ -128,20 +128,25 @@ def compress(
         position_mask=resolved.merge_mask == "position",
         rare_word_boost=resolved.rare_word_boost,
         run_radius=resolved.run_radius,
+        keep_facts=resolved.keep_facts,
     )
     words = word_ids(context, token_kinds(tokenizer))
+    needs_rarity = bool(resolved.rare_word_boost) or resolved.keep_facts
+    facts = fact_words(context, words, token_traits(tokenizer)) if needs_rarity else None
+    raw_rarity = word_rarity(context, words, facts) if needs_rarity else None
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),
         context=context,
         suffix=_ids(suffix_ids),
         context_words=words,
         word_rarity=(
-            widen(
-                word_rarity(context, words, fact_words(context, words, token_traits(tokenizer))),
-                RARE_RADIUS,
-                RARE_SHARE,
-            )
-            if resolved.rare_word_boost
+            widen(raw_rarity, RARE_RADIUS, RARE_SHARE)
+            if raw_rarity is not None and resolved.rare_word_boost
+            else None
+        ),
+        word_facts=(
+            facts & (raw_rarity > 0)
+            if facts is not None and raw_rarity is not None and resolved.keep_facts
             else None
         ),
     )

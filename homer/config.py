@@ -34,8 +34,9 @@ DEFAULT_RARE_WORD_BOOST = 4.0
 
 #: Default `run_radius` with `reduction="spans"`. Session 6, natural-prose needles on the embedded
 #: model: answered 8/20 at 32k and 2/20 at 16k (1/20 and 0/20 without runs; the plain model on a
-#: one-chunk excerpt: 4/20 and 6/20), passkey 30/30, perplexity no worse; the cost is the weakest
-#: names at 32k (key kept 17/20 instead of 20/20). docs/RESULTS.md.
+#: one-chunk excerpt: 4/20 and 6/20), passkey 30/30, perplexity no worse; the cost was the
+#: weakest names at 32k (key kept 17/20 instead of 20/20), which `keep_facts` (session 7) wins
+#: back: 20/20 at both lengths. docs/RESULTS.md.
 DEFAULT_RUN_RADIUS = 8
 
 
@@ -73,6 +74,11 @@ class HomerConfig:
             so strong words keep the words around them and the cache holds readable runs of text
             instead of isolated words. Default: 8 with `"spans"`, 0 with `"paper"`. 0 turns it
             off.
+        keep_facts: with runs, first keep every rare number or name (a word `rare_word_boost`
+            lifts in full, seen at most 4 times) that its own score would keep without runs,
+            and let runs fill only the room left (`homer.significance.reserve_facts`). Without
+            it, the borrowed scores of strong facts' neighbours push weaker facts out. Default:
+            True with `"spans"`, False with `"paper"`. Has no effect when `run_radius` is 0.
         positions: position ids of the final cache. `"compact"` (default) turns its keys to
             consecutive positions `0 .. T-1` in document order, so a question reads the kept
             tokens as one sequence; `"paper"` keeps the positions the merges left, where every
@@ -90,6 +96,7 @@ class HomerConfig:
     rare_word_boost: float | None = None
     positions: FinalPositions = "compact"
     run_radius: int | None = None
+    keep_facts: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_len", "target_len"):
@@ -131,6 +138,8 @@ class HomerConfig:
             isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= 1024
         ):
             raise ValueError(f"run_radius must be an integer in 0..1024 or None, got {radius!r}")
+        if self.keep_facts not in (None, True, False):
+            raise ValueError(f"keep_facts must be True, False or None, got {self.keep_facts!r}")
 
     def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:
         """Concrete sizes for a model with `num_layers` decoder layers and a `window`-token context.
@@ -179,6 +188,9 @@ class HomerConfig:
                 if self.run_radius is not None
                 else (DEFAULT_RUN_RADIUS if self.reduction == "spans" else 0)
             ),
+            keep_facts=(
+                self.keep_facts if self.keep_facts is not None else self.reduction == "spans"
+            ),
         )
 
 
@@ -197,6 +209,7 @@ class ResolvedConfig:
     rare_word_boost: float = 0.0
     positions: FinalPositions = "compact"
     run_radius: int = 0
+    keep_facts: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -117,6 +117,45 @@ def spread_to_runs(
     return torch.where(prunable, torch.maximum(out, spread), out)
 
 
+def reserve_facts(
+    scores: torch.Tensor,
+    own: torch.Tensor,
+    prunable: torch.Tensor,
+    facts: torch.Tensor,
+    keep: int,
+) -> torch.Tensor:
+    """Put the fact words that their own scores would keep ahead of everything else.
+
+    Runs (`spread_to_runs`) let strong words lend their score to neighbours, and the borrowed
+    scores of many strong facts' neighbours can push a weaker fact word out of the budget that
+    its own score would have won. Reserving exactly those fact tokens first means runs only
+    ever take the room left after them.
+
+    Args:
+        scores: `(T,)` scores after runs.
+        own: `(T,)` the same tokens' scores before runs (after any prior).
+        prunable: `(T,)` bool.
+        facts: `(T,)` bool, tokens of fact words (rare numbers and names; `homer.words`).
+        keep: how many prunable tokens survive.
+
+    Returns:
+        `(T,)` float32: reserved tokens rank above every other prunable token, in the order of
+        their own scores; the rest keep `scores`.
+    """
+    out = scores.float()
+    candidates = own[prunable].float()
+    if keep <= 0 or candidates.numel() == 0 or not bool((facts & prunable).any()):
+        return out
+    keep = min(keep, candidates.numel())
+    threshold = torch.topk(candidates, keep).values[-1]
+    reserved = facts & prunable & (own.float() >= threshold)
+    if not bool(reserved.any()):
+        return out
+    ceiling = float(out[prunable].max())
+    lifted = ceiling + 1.0 + (own.float() - float(candidates.min()))
+    return torch.where(reserved, lifted, out)
+
+
 def select_tokens(scores: torch.Tensor, prunable: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` tokens to keep: every protected token, then the best prunable ones.
 

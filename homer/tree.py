@@ -24,6 +24,7 @@ from homer.schedule import LayerSchedule, Plan
 from homer.significance import (
     boost_rare,
     last_query_logits,
+    reserve_facts,
     select_tokens,
     select_words,
     significance,
@@ -66,6 +67,8 @@ class TreeInputs:
 
     `word_rarity` is `(num_words,)` float, how rare each document word is, neighbours' share
     included (`homer.words.word_rarity`, then `widen`); None when no rarity prior is used.
+    `word_facts` is `(num_words,)` bool, the rare numbers and names (`homer.words.fact_words`
+    seen at most `RARE_MAX_COUNT` times); None when facts are not reserved.
     """
 
     prefix: torch.Tensor
@@ -73,6 +76,7 @@ class TreeInputs:
     suffix: torch.Tensor
     context_words: torch.Tensor
     word_rarity: torch.Tensor | None = None
+    word_facts: torch.Tensor | None = None
 
 
 class SubtreeMemo:
@@ -119,6 +123,8 @@ class TreeRunner:
         rare_word_boost: weight of the in-document rarity prior (see `HomerConfig`); 0 = none.
         run_radius: tokens from which a token may inherit a neighbour's score (see
             `HomerConfig`); 0 = none.
+        keep_facts: with runs, keep the fact words that their own scores win before any run
+            (`homer.significance.reserve_facts`; needs `TreeInputs.word_facts`).
         progress: called after every node.
     """
 
@@ -134,8 +140,11 @@ class TreeRunner:
         position_mask: bool = False,
         rare_word_boost: float = 0.0,
         run_radius: int = 0,
+        keep_facts: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.keep_facts = keep_facts
+        self._word_facts: torch.Tensor | None = None
         self.rare_word_boost = rare_word_boost
         self.run_radius = run_radius
         self._word_rarity: torch.Tensor | None = None
@@ -150,6 +159,7 @@ class TreeRunner:
             position_mask,
             rare_word_boost,
             run_radius,
+            keep_facts,
         )
         self.plan = plan
         self.schedule = schedule
@@ -200,7 +210,12 @@ class TreeRunner:
             rarity = rarity.masked_fill(words < 0, 0.0)
             scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
         if self.run_radius:
+            own = scores
             scores = spread_to_runs(scores, prunable, self.run_radius)
+            if self.keep_facts and self._word_facts is not None:
+                words = node.word_ids.to(scores.device)
+                facts = self._word_facts.to(scores.device)[words.clamp(min=0)] & (words >= 0)
+                scores = reserve_facts(scores, own, prunable, facts, keep - int((~prunable).sum()))
         if self.whole_words:
             indices = select_words(scores, prunable, node.word_ids.to(scores.device), keep)
         else:
@@ -255,6 +270,9 @@ class TreeRunner:
             # The prior depends on the whole document: a moved needle changes counts elsewhere.
             words = inputs.context_words[start:stop]
             parts.append(inputs.word_rarity[int(words[0]) : int(words[-1]) + 1])
+        if inputs.word_facts is not None and self.keep_facts and stop > start:
+            words = inputs.context_words[start:stop]
+            parts.append(inputs.word_facts[int(words[0]) : int(words[-1]) + 1])
         for part in parts:
             digest.update(part.numpy().tobytes())
             digest.update(b"|")
@@ -289,5 +307,6 @@ class TreeRunner:
     def run(self, inputs: TreeInputs) -> NodeState:
         """The root's state: every layer's keys and values, `plan.final_len` tokens each."""
         self._word_rarity = inputs.word_rarity
+        self._word_facts = inputs.word_facts
         with torch.inference_mode():
             return self._subtree(0, self.plan.height, inputs)
