@@ -138,7 +138,7 @@ class HomerConfig:
             isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= 1024
         ):
             raise ValueError(f"run_radius must be an integer in 0..1024 or None, got {radius!r}")
-        if self.keep_facts not in (None, True, False):
+        if self.keep_facts is not None and not isinstance(self.keep_facts, bool):
             raise ValueError(f"keep_facts must be True, False or None, got {self.keep_facts!r}")
 
     def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:

@@ -405,6 +405,40 @@ def test_memo_sees_rarity_changes_outside_the_edited_chunk(model_dirs: dict[str,
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
 
 
+def test_keep_facts_keeps_every_fact_that_selection_without_runs_keeps(
+    model_dirs: dict[str, Path],
+) -> None:
+    """One chunk, one pruning stage: the own scores are the same with or without runs, so every
+    rare number or name kept without runs must also be kept with runs and `keep_facts`."""
+    from homer.prompts import encode_document
+    from homer.words import fact_words, token_kinds, token_traits, word_ids, word_rarity
+
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    facts_text = " The code is 48213. Ask Orlan Venner. The vault opened in 1871 for Tamsin Vesk."
+    text = TEXT[:40] + facts_text + TEXT[40:80]
+    base = {"max_chunk_len": 256, "target_len": 80, "bias": None, "positions": "paper"}
+
+    def kept_positions(**kwargs: object) -> set[int]:
+        config = HomerConfig(**base, **kwargs)  # type: ignore[arg-type]
+        cache = compress(model, tokenizer, text, config)
+        assert cache.info.num_chunks == 1
+        return set(cache.positions.tolist())
+
+    ids = encode_document(tokenizer, text)
+    words = word_ids(ids, token_kinds(tokenizer))
+    facts = fact_words(ids, words, token_traits(tokenizer))
+    is_fact = (facts & (word_rarity(ids, words, facts) > 0))[words]
+    prefix = compress(model, tokenizer, text, HomerConfig(**base)).info.prefix_tokens  # type: ignore[arg-type]
+    fact_positions = {prefix + i for i in is_fact.nonzero().squeeze(1).tolist()}
+    assert len(fact_positions) >= 8  # the inserted codes and names at least
+
+    without_runs = kept_positions(run_radius=0) & fact_positions
+    runs_alone = kept_positions(run_radius=4, keep_facts=False) & fact_positions
+    with_keep = kept_positions(run_radius=4, keep_facts=True) & fact_positions
+    assert without_runs - runs_alone  # here runs alone do push facts out
+    assert without_runs <= with_keep
+
+
 def test_mistral_with_a_sliding_window_is_refused_by_name(model_dirs: dict[str, Path]) -> None:
     from transformers import AutoConfig, MistralForCausalLM
 

@@ -8,6 +8,7 @@ from homer.significance import (
     RUN_DECAY,
     boost_rare,
     pool_over_words,
+    reserve_facts,
     select_tokens,
     select_words,
     spread_to_runs,
@@ -170,3 +171,43 @@ def test_spread_to_runs_keeps_a_run_around_a_kept_fact() -> None:
     assert plain == [0, 2, 6]
     runs = select_words(spread_to_runs(scores, prunable, radius=2), prunable, words, keep=3)
     assert runs.tolist() == [5, 6, 7]
+
+
+def test_reserve_facts_puts_the_facts_their_own_scores_win_first() -> None:
+    own = torch.tensor([9.0, 1.0, 5.0, 2.0, 4.0, 0.0, 3.0])
+    after_runs = own + torch.tensor([0.0, 8.0, 0.0, 8.0, 0.0, 8.0, 0.0])
+    prunable = torch.tensor([False, True, True, True, True, True, True])
+    facts = torch.tensor([True, False, True, False, True, False, True])
+    out = reserve_facts(after_runs, own, prunable, facts, keep=3)
+    # The prunable top 3 by own score are 5, 4, 3 (indices 2, 4, 6); all three are facts.
+    reserved = torch.tensor([2, 4, 6])
+    others = torch.tensor([1, 3, 5])
+    assert float(out[reserved].min()) > float(out[others].max())
+    assert out[reserved].argsort().tolist() == [2, 1, 0]  # among themselves: own order, 3 < 4 < 5
+    assert torch.equal(out[others], after_runs[others])  # everyone else keeps the runs score
+    assert float(out[0]) == 9.0  # protected tokens are not touched
+    # With room for 2, the weakest fact (own 3.0) is not reserved: only what own scores win.
+    two = reserve_facts(after_runs, own, prunable, facts, keep=2)
+    assert float(two[6]) == float(after_runs[6])
+    # No facts: the scores come back as they were.
+    assert torch.equal(
+        reserve_facts(after_runs, own, prunable, torch.zeros(7, dtype=torch.bool), 3), after_runs
+    )
+
+
+def test_reserve_facts_brings_back_a_fact_that_runs_push_out() -> None:
+    # Two strong fact words (1 and 7) and one weak one (4, own score 2.0). Without runs a budget
+    # of 3 keeps all three facts; runs let 0, 2, 6 and 8 borrow from the strong ones and push
+    # the weak fact out; reserving facts first keeps it, and runs fill the one slot left.
+    own = torch.tensor([0.0, 6.0, 0.0, 0.0, 2.0, 0.0, 0.0, 5.0, 0.0, 0.0])
+    prunable = torch.ones(10, dtype=torch.bool)
+    words = torch.arange(10)
+    facts = torch.zeros(10, dtype=torch.bool)
+    facts[[1, 4, 7]] = True
+    assert select_words(own, prunable, words, keep=3).tolist() == [1, 4, 7]
+    runs = spread_to_runs(own, prunable, radius=1, decay=0.1)
+    assert 4 not in select_words(runs, prunable, words, keep=3).tolist()
+    kept = select_words(reserve_facts(runs, own, prunable, facts, 3), prunable, words, keep=3)
+    assert kept.tolist() == [1, 4, 7]
+    kept = select_words(reserve_facts(runs, own, prunable, facts, 4), prunable, words, keep=4)
+    assert {1, 4, 7} <= set(kept.tolist())

@@ -148,11 +148,24 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
         {"run_radius": -1},
         {"run_radius": 2.5},
         {"run_radius": True},
+        {"keep_facts": 1},
+        {"keep_facts": "yes"},
     ],
 )
 def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         HomerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_keep_facts_is_on_with_spans_and_off_with_the_paper_rule() -> None:
+    def resolved(**kwargs: object) -> bool:
+        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
+        return config.resolve(num_layers=30, window=8192).keep_facts
+
+    assert resolved() is True
+    assert resolved(reduction="paper") is False
+    assert resolved(keep_facts=False) is False
+    assert resolved(reduction="paper", keep_facts=True) is True
 
 
 def test_config_resolves_defaults_from_the_model() -> None:
