@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    RESULTS,
     environment,
     load,
     markdown_table,
@@ -82,6 +85,12 @@ def haystack(tokenizer: Any, prose: str, length: int) -> str:
     ids = tokenizer(prose, add_special_tokens=False)["input_ids"][:length]
     text = str(tokenizer.decode(ids))
     return text[: text.rfind(". ") + 1]
+
+
+def answered(key: str, reply: str) -> bool:
+    """Whether `reply` states `key` as a whole: "749899" does not answer 74989, nor "Orlan
+    Vennerson" Orlan Venner."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(key)}(?![0-9A-Za-z])", reply) is not None
 
 
 def insert(hay: str, sentence: str, depth: float) -> str:
@@ -178,7 +187,15 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="needles")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the saved answers of results/<name>.json again (whole key only) and exit",
+    )
     args = parser.parse_args()
+    if args.rescore:
+        print(rescore(args.name))
+        return
 
     from homer import compress, generate
     from homer.tree import SubtreeMemo
@@ -240,7 +257,7 @@ def main() -> None:
                     "key": needle.key,
                     "survived": needle.key in str(tokenizer.decode(cache.token_ids)),
                     "answer": reply,
-                    "correct": needle.key in reply,
+                    "correct": answered(needle.key, reply),
                     "document_tokens": cache.info.document_tokens,
                 }
             )
@@ -272,7 +289,7 @@ def main() -> None:
                         "survived": survived,
                         "sentence_kept": needle.sentence in kept_text,
                         "answer": reply,
-                        "correct": None if reply is None else needle.key in reply,
+                        "correct": None if reply is None else answered(needle.key, reply),
                         "compress_s": round(seconds, 2),
                     }
                 )
@@ -292,11 +309,21 @@ def main() -> None:
             for baseline in args.baselines:
                 run_baseline(baseline, length, hay, needles, depths)
 
-    rows = []
     methods = [*args.methods, *([] if args.no_answer else args.baselines)]
+    table = summary_table(records, methods, args.lengths)
+    image = plot_histograms(histograms, max(args.lengths), args.name) if histograms else None
+    save({"table": table, "histogram_png": image})
+    print(table)
+
+
+def summary_table(records: list[dict[str, Any]], methods: list[str], lengths: list[int]) -> str:
+    """The markdown table of key survival, whole sentences kept and right answers per rule."""
+    rows = []
     for name in methods:
-        for length in args.lengths:
+        for length in lengths:
             subset = [r for r in records if r["method"] == name and r["length"] == length]
+            if not subset:
+                continue
             kept = sum(r["survived"] for r in subset)
             sentences = [r["sentence_kept"] for r in subset if "sentence_kept" in r]
             right = [r["correct"] for r in subset if r["correct"] is not None]
@@ -309,12 +336,26 @@ def main() -> None:
                     f"{sum(right) / len(right):.0%} ({sum(right)}/{len(right)})" if right else "-",
                 ]
             )
-    table = markdown_table(
+    return markdown_table(
         ["rule", "length", "key span intact", "whole sentence kept", "answer right"], rows
     )
-    image = plot_histograms(histograms, max(args.lengths), args.name) if histograms else None
-    save({"table": table, "histogram_png": image})
-    print(table)
+
+
+def rescore(name: str) -> str:
+    """Score the answers saved in `benchmarks/results/<name>.json` again with `answered`
+    (runs before session 7 counted any reply containing the key, so "749899" answered 74989),
+    rewrite its table and return it."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    records = data["records"]
+    for record in records:
+        if record.get("answer") is not None:
+            record["correct"] = answered(record["key"], record["answer"])
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lengths = list(dict.fromkeys(r["length"] for r in records))
+    data["table"] = summary_table(records, methods, lengths)
+    data["rescored"] = "answers scored with benchmarks.needles.answered (whole key only)"
+    write_json(name, data)
+    return str(data["table"])
 
 
 def plot_histograms(histograms: dict[str, list[float]], length: int, name: str) -> str:
