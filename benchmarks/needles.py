@@ -12,6 +12,9 @@ the histogram of kept-token positions within a chunk.
 
 `--baselines one-chunk` adds the plain model on the excerpt that fills exactly one chunk: as
 many document tokens as HOMER's final cache holds, the issue's "inside its window (one chunk)".
+The needle sits in the middle of it. `one-chunk-depth` is the same excerpt with the needle at
+the same relative depth as in the whole document (at 5% of the excerpt when it sits at 5% of
+the haystack), as it sits in HOMER's cache, whose kept tokens keep document order.
 `--baselines full-window homer-full-window` add two arms on a window-filling excerpt (about 7k
 tokens around the needle): the plain model reading it in its whole native window (one exact
 prefill), and HOMER's default on the very same text. They separate what compression loses from
@@ -119,13 +122,14 @@ def locate(tokenizer: Any, text: str, sentence: str) -> tuple[list[int], list[An
     return encoded["input_ids"], offsets, next(i for i, (a, _) in enumerate(offsets) if a >= at)
 
 
-def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int) -> str:
+def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int, at: float = 0.5) -> str:
     """The longest run of whole tokens of `text` around `sentence` that is at most `tokens`
-    tokens long when tokenized again, centred on the sentence where the text allows."""
+    tokens long when tokenized again, with the sentence at fraction `at` of it (centred by
+    default) where the text allows."""
     _, offsets, middle = locate(tokenizer, text, sentence)
     budget = tokens
     while True:
-        first = max(0, min(middle - budget // 2, len(offsets) - budget))
+        first = max(0, min(middle - int(budget * at), len(offsets) - budget))
         last = min(len(offsets), first + budget)
         piece = text[offsets[first][0] : offsets[last - 1][1]]
         if len(tokenizer(piece, add_special_tokens=False)["input_ids"]) <= tokens:
@@ -179,9 +183,11 @@ def main() -> None:
         "--baselines",
         nargs="*",
         default=["in-window"],
-        choices=["in-window", "one-chunk", "full-window", "homer-full-window"],
+        choices=["in-window", "one-chunk", "one-chunk-depth", "full-window", "homer-full-window"],
         help="in-window: a 3k excerpt in one chunk; one-chunk: the excerpt that fills exactly one "
-        "chunk (as many document tokens as HOMER's final cache), plain; full-window: a ~7k excerpt "
+        "chunk (as many document tokens as HOMER's final cache), plain, the needle in its middle; "
+        "one-chunk-depth: the same with the needle at its depth in the document; "
+        "full-window: a ~7k excerpt "
         "read by the plain model in its whole window; homer-full-window: HOMER's default on that "
         "same excerpt",
     )
@@ -228,12 +234,14 @@ def main() -> None:
         chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=window).max_chunk_len
         return chunk - affixes.prefix_tokens - affixes.suffix_tokens
 
-    chunk_tokens = one_chunk_tokens() if "one-chunk" in args.baselines else 0
+    chunk_tokens = (
+        one_chunk_tokens() if {"one-chunk", "one-chunk-depth"} & set(args.baselines) else 0
+    )
 
     def run_baseline(
         baseline: str, length: int, hay: str, needles: list[Needle], depths: list[float]
     ) -> None:
-        if baseline in ("in-window", "one-chunk"):
+        if baseline in ("in-window", "one-chunk", "one-chunk-depth"):
             chars, config = 12000, HomerConfig()  # one-chunk cuts by tokens, not chars
         elif baseline == "full-window":
             chars, config = FULL_WINDOW_CHARS, HomerConfig(max_chunk_len=window)
@@ -243,6 +251,8 @@ def main() -> None:
             full = insert(hay, needle.sentence, depth)
             if baseline == "one-chunk":
                 text = token_excerpt(tokenizer, full, needle.sentence, chunk_tokens)
+            elif baseline == "one-chunk-depth":
+                text = token_excerpt(tokenizer, full, needle.sentence, chunk_tokens, at=depth)
             else:
                 text = excerpt(full, needle.sentence, chars)
             cache = compress(model, tokenizer, text, config)
