@@ -117,6 +117,7 @@ def compress(
             calibration = calibrate(model, tokenizer, config, on_sample=on_sample)
         bias = calibration.bias
 
+    keep_facts = resolved.keep_facts and resolved.run_radius > 0  # facts only yield to runs
     runner = TreeRunner(
         adapter,
         plan,
@@ -128,10 +129,10 @@ def compress(
         position_mask=resolved.merge_mask == "position",
         rare_word_boost=resolved.rare_word_boost,
         run_radius=resolved.run_radius,
-        keep_facts=resolved.keep_facts,
+        keep_facts=keep_facts,
     )
     words = word_ids(context, token_kinds(tokenizer))
-    needs_rarity = bool(resolved.rare_word_boost) or resolved.keep_facts
+    needs_rarity = bool(resolved.rare_word_boost) or keep_facts
     facts = fact_words(context, words, token_traits(tokenizer)) if needs_rarity else None
     raw_rarity = word_rarity(context, words, facts) if needs_rarity else None
     inputs = TreeInputs(
@@ -146,7 +147,7 @@ def compress(
         ),
         word_facts=(
             facts & (raw_rarity > 0)
-            if facts is not None and raw_rarity is not None and resolved.keep_facts
+            if facts is not None and raw_rarity is not None and keep_facts
             else None
         ),
     )

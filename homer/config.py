@@ -36,7 +36,7 @@ DEFAULT_RARE_WORD_BOOST = 4.0
 #: model: answered 8/20 at 32k and 2/20 at 16k (1/20 and 0/20 without runs; the plain model on a
 #: one-chunk excerpt: 4/20 and 6/20), passkey 30/30, perplexity no worse; the cost was the
 #: weakest names at 32k (key kept 17/20 instead of 20/20), which `keep_facts` (session 7) wins
-#: back: 20/20 at both lengths. docs/RESULTS.md.
+#: back: 20/20 at both lengths, answering 6/20 at 32k and 2/20 at 16k. docs/RESULTS.md.
 DEFAULT_RUN_RADIUS = 8
 
 
