@@ -132,24 +132,22 @@ def compress(
         keep_facts=keep_facts,
     )
     words = word_ids(context, token_kinds(tokenizer))
-    needs_rarity = bool(resolved.rare_word_boost) or keep_facts
-    facts = fact_words(context, words, token_traits(tokenizer)) if needs_rarity else None
-    raw_rarity = word_rarity(context, words, facts) if needs_rarity else None
+    widened: torch.Tensor | None = None
+    fact_table: torch.Tensor | None = None
+    if resolved.rare_word_boost or keep_facts:
+        facts = fact_words(context, words, token_traits(tokenizer))
+        rarity = word_rarity(context, words, facts)
+        if resolved.rare_word_boost:
+            widened = widen(rarity, RARE_RADIUS, RARE_SHARE)
+        if keep_facts:
+            fact_table = facts & (rarity > 0)
     inputs = TreeInputs(
         prefix=_ids(prefix_ids),
         context=context,
         suffix=_ids(suffix_ids),
         context_words=words,
-        word_rarity=(
-            widen(raw_rarity, RARE_RADIUS, RARE_SHARE)
-            if raw_rarity is not None and resolved.rare_word_boost
-            else None
-        ),
-        word_facts=(
-            facts & (raw_rarity > 0)
-            if facts is not None and raw_rarity is not None and keep_facts
-            else None
-        ),
+        word_rarity=widened,
+        word_facts=fact_table,
     )
     root = runner.run(inputs)
     last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()

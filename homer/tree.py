@@ -110,6 +110,12 @@ class SubtreeMemo:
             self._nodes.popitem(last=False)
 
 
+def _per_token(table: torch.Tensor, words: torch.Tensor, fill: float | bool) -> torch.Tensor:
+    """`(T,)` values of a per-word `(num_words,)` table at each token's word; `fill` for the
+    prompt's tokens (word id -1)."""
+    return table.to(words.device)[words.clamp(min=0)].masked_fill(words < 0, fill)
+
+
 class TreeRunner:
     """Runs one document through the merge tree.
 
@@ -204,20 +210,18 @@ class TreeRunner:
         layer_bias = None if self.bias is None else self.bias[last]
         scores = significance(logits, node.positions.to(logits.device), layer_bias)
         prunable = self._prunable(node.length).to(scores.device)
+        words = node.word_ids.to(scores.device)
         if self.rare_word_boost and self._word_rarity is not None:
-            words = node.word_ids.to(scores.device)
-            rarity = self._word_rarity.to(scores.device)[words.clamp(min=0)]
-            rarity = rarity.masked_fill(words < 0, 0.0)
+            rarity = _per_token(self._word_rarity, words, 0.0)
             scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
         if self.run_radius:
             own = scores
             scores = spread_to_runs(scores, prunable, self.run_radius)
             if self.keep_facts and self._word_facts is not None:
-                words = node.word_ids.to(scores.device)
-                facts = self._word_facts.to(scores.device)[words.clamp(min=0)] & (words >= 0)
+                facts = _per_token(self._word_facts, words, False)
                 scores = reserve_facts(scores, own, prunable, facts, keep - int((~prunable).sum()))
         if self.whole_words:
-            indices = select_words(scores, prunable, node.word_ids.to(scores.device), keep)
+            indices = select_words(scores, prunable, words, keep)
         else:
             indices = select_tokens(scores, prunable, keep)
         return apply_keep(node, indices)
@@ -266,13 +270,15 @@ class TreeRunner:
         stop = start + sum(lengths[first : first + 2**level])
         digest = hashlib.sha256()
         parts = [inputs.prefix, inputs.context[start:stop], inputs.suffix]
-        if inputs.word_rarity is not None and self.rare_word_boost and stop > start:
-            # The prior depends on the whole document: a moved needle changes counts elsewhere.
+        if stop > start:
+            # The per-word tables depend on the whole document (word counts): a moved needle
+            # changes them elsewhere, so the subtree's slice of each is part of its input.
             words = inputs.context_words[start:stop]
-            parts.append(inputs.word_rarity[int(words[0]) : int(words[-1]) + 1])
-        if inputs.word_facts is not None and self.keep_facts and stop > start:
-            words = inputs.context_words[start:stop]
-            parts.append(inputs.word_facts[int(words[0]) : int(words[-1]) + 1])
+            span = slice(int(words[0]), int(words[-1]) + 1)
+            if inputs.word_rarity is not None and self.rare_word_boost:
+                parts.append(inputs.word_rarity[span])
+            if inputs.word_facts is not None and self.keep_facts:
+                parts.append(inputs.word_facts[span])
         for part in parts:
             digest.update(part.numpy().tobytes())
             digest.update(b"|")
