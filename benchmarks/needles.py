@@ -186,10 +186,9 @@ def main() -> None:
         choices=["in-window", "one-chunk", "one-chunk-depth", "full-window", "homer-full-window"],
         help="in-window: a 3k excerpt in one chunk; one-chunk: the excerpt that fills exactly one "
         "chunk (as many document tokens as HOMER's final cache), plain, the needle in its middle; "
-        "one-chunk-depth: the same with the needle at its depth in the document; "
-        "full-window: a ~7k excerpt "
-        "read by the plain model in its whole window; homer-full-window: HOMER's default on that "
-        "same excerpt",
+        "one-chunk-depth: the same with the needle at its depth in the document; full-window: a "
+        "~7k excerpt read by the plain model in its whole window; homer-full-window: HOMER's "
+        "default on that same excerpt",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="needles")

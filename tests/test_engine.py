@@ -418,23 +418,27 @@ def test_keep_facts_keeps_every_fact_that_selection_without_runs_keeps(
     text = TEXT[:40] + facts_text + TEXT[40:80]
     base = {"max_chunk_len": 256, "target_len": 80, "bias": None, "positions": "paper"}
 
-    def kept_positions(**kwargs: object) -> set[int]:
+    def compressed(**kwargs: object) -> Any:
         config = HomerConfig(**base, **kwargs)  # type: ignore[arg-type]
         cache = compress(model, tokenizer, text, config)
         assert cache.info.num_chunks == 1
-        return set(cache.positions.tolist())
+        return cache
 
     ids = encode_document(tokenizer, text)
     words = word_ids(ids, token_kinds(tokenizer))
     facts = fact_words(ids, words, token_traits(tokenizer))
     is_fact = (facts & (word_rarity(ids, words, facts) > 0))[words]
-    prefix = compress(model, tokenizer, text, HomerConfig(**base)).info.prefix_tokens  # type: ignore[arg-type]
+    no_runs = compressed(run_radius=0)
+    prefix = no_runs.info.prefix_tokens
     fact_positions = {prefix + i for i in is_fact.nonzero().squeeze(1).tolist()}
     assert len(fact_positions) >= 8  # the inserted codes and names at least
 
-    without_runs = kept_positions(run_radius=0) & fact_positions
-    runs_alone = kept_positions(run_radius=4, keep_facts=False) & fact_positions
-    with_keep = kept_positions(run_radius=4, keep_facts=True) & fact_positions
+    def kept_facts(cache: Any) -> set[int]:
+        return set(cache.positions.tolist()) & fact_positions
+
+    without_runs = kept_facts(no_runs)
+    runs_alone = kept_facts(compressed(run_radius=4, keep_facts=False))
+    with_keep = kept_facts(compressed(run_radius=4, keep_facts=True))
     assert without_runs - runs_alone  # here runs alone do push facts out
     assert without_runs <= with_keep
 
