@@ -27,6 +27,8 @@ Rules (`--methods`):
 - `no-runs`: the default without runs (`run_radius=0`; session 5's default).
 - `no-keep-facts`: the default without reserving facts before runs (`keep_facts=False`;
   session 6's default).
+- `paper-positions`: the default with the final cache keeping the positions the merges left
+  (`positions="paper"`) instead of consecutive ones.
 - `tokens+template`, `spans+plain`: one change at a time, for attribution.
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import re
 import time
@@ -151,6 +154,8 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         return HomerConfig(run_radius=0), None
     if name == "no-keep-facts":
         return HomerConfig(keep_facts=False), None
+    if name == "paper-positions":
+        return HomerConfig(positions="paper"), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")
@@ -197,9 +202,22 @@ def main() -> None:
         action="store_true",
         help="score the saved answers of results/<name>.json again (whole key only) and exit",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="NAME",
+        help="pool the saved runs results/<NAME>.json (say, one per seed): answer rates with 95%% "
+        "intervals, and each rule against each baseline on the same needles; then exit",
+    )
     args = parser.parse_args()
     if args.rescore:
         print(rescore(args.name))
+        return
+    if args.combine:
+        pooled: list[dict[str, Any]] = []
+        for run in args.combine:
+            pooled += needle_sets(json.loads((RESULTS / f"{run}.json").read_text())["records"])
+        print(pooled_table(pooled))
         return
 
     from homer import compress, generate
@@ -347,6 +365,79 @@ def summary_table(records: list[dict[str, Any]], methods: list[str], lengths: li
             )
     return markdown_table(
         ["rule", "length", "key span intact", "whole sentence kept", "answer right"], rows
+    )
+
+
+def wilson(right: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a rate of `right` out of `total`."""
+    if total == 0:
+        return 0.0, 1.0
+    rate = right / total
+    centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
+    half = (
+        z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def needle_sets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` of one run, each tagged with its needle set: the keys of that length's needles in
+    order, which one seed fixes, so runs of the same seed pair up in `pooled_table` and runs of
+    different seeds never do (the same key can recur at the same depth under another seed)."""
+    sets: dict[int, str] = {}
+    for length in dict.fromkeys(r["length"] for r in records):
+        first = next(r["method"] for r in records if r["length"] == length)
+        keys = [r["key"] for r in records if r["length"] == length and r["method"] == first]
+        sets[length] = "/".join(keys)
+    return [r | {"needles": sets[r["length"]]} for r in records]
+
+
+def pooled_table(records: list[dict[str, Any]]) -> str:
+    """Answer rates of several runs pooled per rule and length, with 95% Wilson intervals, and
+    every rule against every plain baseline on the very same needles (a needle is its length,
+    needle set (`needle_sets`), depth and key, so a baseline saved in another run of the same seed
+    pairs too): how often only one of the two was right."""
+    baselines = {"in-window", "one-chunk", "one-chunk-depth", "full-window"}
+    answered_records = [r for r in records if r.get("correct") is not None]
+    methods = list(dict.fromkeys(r["method"] for r in answered_records))
+    lengths = list(dict.fromkeys(r["length"] for r in answered_records))
+    outcome = {
+        (r["method"], r["length"], r.get("needles"), r["depth"], r["key"]): bool(r["correct"])
+        for r in answered_records
+    }
+    rows = []
+    for length in lengths:
+        for name in methods:
+            mine = {k[2:]: v for k, v in outcome.items() if k[0] == name and k[1] == length}
+            if not mine:
+                continue
+            right = sum(mine.values())
+            low, high = wilson(right, len(mine))
+            versus = []
+            if name not in baselines:
+                for other in methods:
+                    if other not in baselines:
+                        continue
+                    theirs = {
+                        k[2:]: v for k, v in outcome.items() if k[0] == other and k[1] == length
+                    }
+                    both = mine.keys() & theirs.keys()
+                    if both:
+                        only_mine = sum(mine[k] and not theirs[k] for k in both)
+                        only_theirs = sum(theirs[k] and not mine[k] for k in both)
+                        versus.append(f"{other}: {only_mine} vs {only_theirs} of {len(both)}")
+            rows.append(
+                [
+                    name,
+                    f"{length // 1000}k",
+                    f"{right / len(mine):.0%} ({right}/{len(mine)})",
+                    f"{low:.0%}-{high:.0%}",
+                    "; ".join(versus) or "-",
+                ]
+            )
+    return markdown_table(
+        ["rule", "length", "answer right", "95% interval", "only this right vs only baseline"],
+        rows,
     )
 
 

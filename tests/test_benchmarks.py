@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.needles import answered
+from benchmarks.needles import answered, needle_sets, pooled_table, wilson
 
 
 def test_an_answer_counts_only_when_it_states_the_whole_key() -> None:
@@ -12,3 +12,44 @@ def test_an_answer_counts_only_when_it_states_the_whole_key() -> None:
     assert answered("Isbet Strand", "The chronicler was called Isbet Strand.")
     assert not answered("Isbet Strand", "The chronicler was called Isbet Strandling.")
     assert not answered("Isbet Strand", "The chronicler was called Isbet.")
+
+
+def test_wilson_interval_matches_the_textbook_values() -> None:
+    low, high = wilson(2, 20)
+    assert abs(low - 0.0279) < 1e-3 and abs(high - 0.3010) < 1e-3
+    assert wilson(0, 0) == (0.0, 1.0)
+    low, high = wilson(20, 20)
+    assert high == 1.0 and 0.83 < low < 0.84
+
+
+def test_pooled_table_pairs_a_rule_with_each_baseline_on_the_same_needles() -> None:
+    def record(method: str, key: str, depth: float, correct: bool) -> dict[str, object]:
+        return {"method": method, "length": 16000, "key": key, "depth": depth, "correct": correct}
+
+    records = [
+        record("default", "a", 0.1, True),
+        record("default", "a", 0.5, False),
+        record("default", "b", 0.1, False),
+        record("one-chunk", "a", 0.1, False),
+        record("one-chunk", "a", 0.5, True),
+        record("one-chunk", "b", 0.1, True),
+    ]
+    rows = pooled_table(records).splitlines()
+    assert rows[2].startswith("| default | 16k | 33% (1/3) |")
+    assert "one-chunk: 1 vs 2 of 3" in rows[2]
+    assert rows[3].startswith("| one-chunk | 16k | 67% (2/3) |")
+
+
+def test_the_same_key_at_the_same_depth_under_two_seeds_is_two_needles() -> None:
+    def record(method: str, key: str, depth: float, correct: bool) -> dict[str, object]:
+        return {"method": method, "length": 16000, "key": key, "depth": depth, "correct": correct}
+
+    seed_a = [record("default", "Ludo Vesk", 0.1, True), record("default", "12345", 0.9, False)]
+    seed_a += [
+        record("one-chunk", "Ludo Vesk", 0.1, False),
+        record("one-chunk", "12345", 0.9, True),
+    ]
+    seed_b = [record("default", "Ludo Vesk", 0.1, False), record("default", "67890", 0.9, False)]
+    rows = pooled_table(needle_sets(seed_a) + needle_sets(seed_b)).splitlines()
+    assert rows[2].startswith("| default | 16k | 25% (1/4) |")
+    assert "one-chunk: 1 vs 1 of 2" in rows[2]
