@@ -133,12 +133,19 @@ def gutenberg_body(text: str) -> str:
     return text[:end] if end != -1 else text
 
 
-def natural_prose() -> str:
+def natural_prose(clean: bool = False) -> str:
     """About 40k tokens of public-domain English prose no calibration used: the 1911 Britannica
-    article excerpt bundled in examples/, then Milton's Areopagitica (1644), paragraphs reflowed."""
+    article excerpt bundled in examples/, then Milton's Areopagitica (1644), paragraphs reflowed.
+
+    The article is OCR'd (stray digits, broken words, many capitalised fragments); `clean=True`
+    gives the Areopagitica alone (about 24k tokens of clean Gutenberg prose)."""
     import re
 
-    parts = [(ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8")]
+    parts = (
+        []
+        if clean
+        else [(ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8")]
+    )
     milton = shakespeare_package_dir() / "miltondata" / "texts" / "areopagitica_gut.txt"
     parts.append(gutenberg_body(milton.read_text(encoding="utf-8", errors="replace")))
     paragraphs = []
