@@ -110,6 +110,9 @@ def insert(hay: str, sentence: str, depth: float) -> str:
     return hay[:cut] + " " + sentence + hay[cut:]
 
 
+#: Baselines in which the plain model reads an excerpt in one exact prefill (no pruning).
+PLAIN_BASELINES = ("in-window", "one-chunk", "one-chunk-depth", "full-window")
+
 #: Characters of the window-filling excerpt: about 7k tokens of this prose, which with the prompt
 #: fits the embedded model's 8,192-token window.
 FULL_WINDOW_CHARS = 28000
@@ -193,7 +196,7 @@ def main() -> None:
         "--baselines",
         nargs="*",
         default=["in-window"],
-        choices=["in-window", "one-chunk", "one-chunk-depth", "full-window", "homer-full-window"],
+        choices=[*PLAIN_BASELINES, "homer-full-window"],
         help="in-window: a 3k excerpt in one chunk; one-chunk: the excerpt that fills exactly one "
         "chunk (as many document tokens as HOMER's final cache), plain, the needle in its middle; "
         "one-chunk-depth: the same with the needle at its depth in the document; full-window: a "
@@ -409,32 +412,27 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
     every rule against every plain baseline on the very same needles (a needle is its length,
     needle set (`needle_sets`), depth and key, so a baseline saved in another run of the same seed
     pairs too): how often only one of the two was right."""
-    baselines = {"in-window", "one-chunk", "one-chunk-depth", "full-window"}
-    answered_records = [r for r in records if r.get("correct") is not None]
-    methods = list(dict.fromkeys(r["method"] for r in answered_records))
-    lengths = list(dict.fromkeys(r["length"] for r in answered_records))
-    outcome = {
-        (r["method"], r["length"], r.get("needles"), r["depth"], r["key"]): bool(r["correct"])
-        for r in answered_records
-    }
+    by_rule: dict[tuple[str, int], dict[tuple[Any, ...], bool]] = {}
+    for r in records:
+        if r.get("correct") is not None:
+            needle = (r.get("needles"), r["depth"], r["key"])
+            by_rule.setdefault((r["method"], r["length"]), {})[needle] = bool(r["correct"])
+    methods = list(dict.fromkeys(method for method, _ in by_rule))
+    lengths = list(dict.fromkeys(length for _, length in by_rule))
     rows = []
     for length in lengths:
         for name in methods:
-            mine = {k[2:]: v for k, v in outcome.items() if k[0] == name and k[1] == length}
+            mine = by_rule.get((name, length))
             if not mine:
                 continue
             right = sum(mine.values())
             low, high = wilson(right, len(mine))
             versus = []
-            if name not in baselines:
+            if name not in PLAIN_BASELINES:
                 for other in methods:
-                    if other not in baselines:
-                        continue
-                    theirs = {
-                        k[2:]: v for k, v in outcome.items() if k[0] == other and k[1] == length
-                    }
+                    theirs = by_rule.get((other, length), {})
                     both = mine.keys() & theirs.keys()
-                    if both:
+                    if other in PLAIN_BASELINES and both:
                         only_mine = sum(mine[k] and not theirs[k] for k in both)
                         only_theirs = sum(theirs[k] and not mine[k] for k in both)
                         versus.append(f"{other}: {only_mine} vs {only_theirs} of {len(both)}")
