@@ -63,6 +63,7 @@ class Job:
     dtype: str | None
     new_tokens: tuple[int, ...]
     positions: str | None = None  # HomerConfig(positions=...) for HOMER cells; None: default
+    sibling_budget: str | None = None  # HomerConfig(sibling_budget=...); None: default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,9 +261,8 @@ def child(job: Job) -> dict[str, Any]:
         if job.method == "homer":
             from homer import HomerConfig, compress
 
-            config = HomerConfig()
-            if job.positions is not None:
-                config = HomerConfig(positions=job.positions)  # type: ignore[arg-type]
+            chosen = {"positions": job.positions, "sibling_budget": job.sibling_budget}
+            config = HomerConfig(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
             cache = compress(model, tokenizer, text, config)
             meter.sync()
             seconds = time.perf_counter() - began
@@ -445,6 +445,12 @@ def main() -> None:
         choices=["compact", "paper"],
         help="final positions of HOMER's cache (default: the library's)",
     )
+    parser.add_argument(
+        "--sibling-budget",
+        default=None,
+        choices=["halves", "shared"],
+        help="how merging siblings share their room (default: the library's)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -473,7 +479,16 @@ def main() -> None:
 
     for method in args.methods:
         for length in args.lengths:
-            job = Job(method, length, args.shape, args.device, args.dtype, counts, args.positions)
+            job = Job(
+                method,
+                length,
+                args.shape,
+                args.device,
+                args.dtype,
+                counts,
+                args.positions,
+                args.sibling_budget,
+            )
             timeout = args.full_timeout if method == "full" and args.full_timeout else args.timeout
             record = measure(job, timeout, logs / f"{name}_{method}_{length}.log")
             record["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -34,6 +34,8 @@ Rules (`--methods`):
   session 6's default).
 - `paper-positions`: the default with the final cache keeping the positions the merges left
   (`positions="paper"`) instead of consecutive ones.
+- `shared`: the default with siblings sharing their merged node's room by one ranking of
+  both (`sibling_budget="shared"`) instead of keeping half each, as in the paper.
 - `tokens+template`, `spans+plain`: one change at a time, for attribution.
 """
 
@@ -164,6 +166,8 @@ def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         return HomerConfig(keep_facts=False), None
     if name == "paper-positions":
         return HomerConfig(positions="paper"), None
+    if name == "shared":
+        return HomerConfig(sibling_budget="shared"), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")
@@ -409,9 +413,9 @@ def needle_sets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def pooled_table(records: list[dict[str, Any]]) -> str:
     """Answer rates of several runs pooled per rule and length, with 95% Wilson intervals, and
-    every rule against every plain baseline on the very same needles (a needle is its length,
-    needle set (`needle_sets`), depth and key, so a baseline saved in another run of the same seed
-    pairs too): how often only one of the two was right."""
+    every rule against every plain baseline and every other rule on the very same needles (a
+    needle is its length, needle set (`needle_sets`), depth and key, so a baseline saved in
+    another run of the same seed pairs too): how often only one of the two was right."""
     by_rule: dict[tuple[str, int], dict[tuple[Any, ...], bool]] = {}
     for r in records:
         if r.get("correct") is not None:
@@ -432,7 +436,7 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
                 for other in methods:
                     theirs = by_rule.get((other, length), {})
                     both = mine.keys() & theirs.keys()
-                    if other in PLAIN_BASELINES and both:
+                    if other != name and both:
                         only_mine = sum(mine[k] and not theirs[k] for k in both)
                         only_theirs = sum(theirs[k] and not mine[k] for k in both)
                         versus.append(f"{other}: {only_mine} vs {only_theirs} of {len(both)}")
@@ -446,7 +450,7 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
                 ]
             )
     return markdown_table(
-        ["rule", "length", "answer right", "95% interval", "only this right vs only baseline"],
+        ["rule", "length", "answer right", "95% interval", "only this right vs only the other"],
         rows,
     )
 

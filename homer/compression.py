@@ -130,6 +130,7 @@ def compress(
         rare_word_boost=resolved.rare_word_boost,
         run_radius=resolved.run_radius,
         keep_facts=keep_facts,
+        shared_budget=resolved.sibling_budget == "shared",
     )
     words = word_ids(context, token_kinds(tokenizer))
     widened: torch.Tensor | None = None

@@ -15,6 +15,7 @@ Reduction = Literal["paper", "spans"]
 MergeMask = Literal["sequence", "position"]
 FinalPositions = Literal["compact", "paper"]
 BiasMode = Literal["calibrated"]
+SiblingBudget = Literal["halves", "shared"]
 
 #: The paper uses 12 warm-up layers for 32-layer Llama-2 models (the `homer-paper-warmup`
 #: ablation keeps that share of any model's depth).
@@ -38,6 +39,14 @@ DEFAULT_RARE_WORD_BOOST = 4.0
 #: weakest names at 32k (key kept 17/20 instead of 20/20), which `keep_facts` (session 7) wins
 #: back: 20/20 at both lengths, answering 6/20 at 32k and 2/20 at 16k. docs/RESULTS.md.
 DEFAULT_RUN_RADIUS = 8
+
+
+#: Default `sibling_budget`. Session 9, natural-prose needles on the embedded model: "shared"
+#: answered 7/60 at 16k and 16/40 at 32k against 5/60 and 15/40 with halves (the same needles;
+#: 7 answered only with shared, 4 only with halves), keys 100% either way: no clear gain. Shared
+#: holds each level's left sibling unpruned, about twice the tokens, until the right one is done:
+#: for a 7B model's cache that is about a gigabyte per level. docs/RESULTS.md.
+DEFAULT_SIBLING_BUDGET: SiblingBudget = "halves"
 
 
 def default_warmup_layers(num_layers: int) -> int:
@@ -79,6 +88,14 @@ class HomerConfig:
             and let runs fill only the room left (`homer.significance.reserve_facts`). Without
             it, the borrowed scores of strong facts' neighbours push weaker facts out. Default:
             True with `"spans"`, False with `"paper"`. Has no effect when `run_radius` is 0.
+        sibling_budget: how two siblings about to merge share the merged node's room.
+            `"halves"` (the paper): each keeps half, whatever it holds. `"shared"`: both finish
+            their stage unpruned, their prunable tokens are ranked together (scores after the
+            rarity prior and runs) and each keeps as many as it places in the joint best, so a
+            chunk dense in strong tokens takes room from a sparse sibling
+            (`homer.significance.share_budget`). It holds one unpruned sibling per level until
+            the other is done. Default: `"halves"` (`DEFAULT_SIBLING_BUDGET`): shared did not
+            answer clearly more needles (docs/RESULTS.md).
         positions: position ids of the final cache. `"compact"` (default) turns its keys to
             consecutive positions `0 .. T-1` in document order, so a question reads the kept
             tokens as one sequence; `"paper"` keeps the positions the merges left, where every
@@ -97,6 +114,7 @@ class HomerConfig:
     positions: FinalPositions = "compact"
     run_radius: int | None = None
     keep_facts: bool | None = None
+    sibling_budget: SiblingBudget | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_len", "target_len"):
@@ -140,6 +158,10 @@ class HomerConfig:
             raise ValueError(f"run_radius must be an integer in 0..1024 or None, got {radius!r}")
         if self.keep_facts is not None and not isinstance(self.keep_facts, bool):
             raise ValueError(f"keep_facts must be True, False or None, got {self.keep_facts!r}")
+        if self.sibling_budget not in ("halves", "shared", None):
+            raise ValueError(
+                f"sibling_budget must be 'halves', 'shared' or None, got {self.sibling_budget!r}"
+            )
 
     def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:
         """Concrete sizes for a model with `num_layers` decoder layers and a `window`-token context.
@@ -191,6 +213,9 @@ class HomerConfig:
             keep_facts=(
                 self.keep_facts if self.keep_facts is not None else self.reduction == "spans"
             ),
+            sibling_budget=(
+                self.sibling_budget if self.sibling_budget is not None else DEFAULT_SIBLING_BUDGET
+            ),
         )
 
 
@@ -210,6 +235,7 @@ class ResolvedConfig:
     positions: FinalPositions = "compact"
     run_radius: int = 0
     keep_facts: bool = False
+    sibling_budget: SiblingBudget = "halves"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

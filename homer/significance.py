@@ -156,6 +156,33 @@ def reserve_facts(
     return torch.where(reserved, lifted, out)
 
 
+def share_budget(left: torch.Tensor, right: torch.Tensor, total: int) -> tuple[int, int]:
+    """Split `total` kept tokens between two siblings by one ranking of both.
+
+    The paper gives each child of a merge half the room. Ranking the two children's candidates
+    together instead lets the one with more strong tokens (facts lifted by the rarity prior,
+    tokens its last query attends to) keep more of them, at the expense of a sibling whose
+    tokens rank low. Both children's scores are in the same units: the same layer, bias removed,
+    and priors in units of each chunk's own spread.
+
+    Args:
+        left / right: `(A,)` and `(B,)` scores of each child's prunable tokens.
+        total: prunable tokens the two keep together.
+
+    Returns:
+        `(a, b)` with `a + b == min(total, A + B)`, `a <= A`, `b <= B`: how many of its prunable
+        tokens each child keeps.
+    """
+    sizes = left.numel(), right.numel()
+    if total >= sizes[0] + sizes[1]:
+        return sizes
+    if total <= 0:
+        return 0, 0
+    best = torch.topk(torch.cat([left.float(), right.float()]), total).indices
+    from_left = int((best < sizes[0]).sum())
+    return from_left, total - from_left
+
+
 def select_tokens(scores: torch.Tensor, prunable: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` tokens to keep: every protected token, then the best prunable ones.
 

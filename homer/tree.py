@@ -9,6 +9,7 @@ nothing of prompts, tokenizers or files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import weakref
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from homer.significance import (
     reserve_facts,
     select_tokens,
     select_words,
+    share_budget,
     significance,
     spread_to_runs,
 )
@@ -79,6 +81,19 @@ class TreeInputs:
     word_facts: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """A node after its stage's layers, and what pruning it needs: `(T,)` scores after the
+    rarity prior and runs, the same before runs (`own`), the prunable mask and word ids. The
+    scores are None when the node needs no pruning."""
+
+    node: NodeState
+    scores: torch.Tensor | None = None
+    own: torch.Tensor | None = None
+    prunable: torch.Tensor | None = None
+    words: torch.Tensor | None = None
+
+
 class SubtreeMemo:
     """Finished subtrees keyed by their exact input, for many compressions of similar documents.
 
@@ -90,11 +105,11 @@ class SubtreeMemo:
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._nodes: OrderedDict[str, NodeState] = OrderedDict()
+        self._nodes: OrderedDict[str, _Scored] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> NodeState | None:
+    def get(self, key: str) -> _Scored | None:
         node = self._nodes.get(key)
         if node is None:
             self.misses += 1
@@ -103,7 +118,7 @@ class SubtreeMemo:
         self.hits += 1
         return node
 
-    def put(self, key: str, node: NodeState) -> None:
+    def put(self, key: str, node: _Scored) -> None:
         self._nodes[key] = node
         self._nodes.move_to_end(key)
         while len(self._nodes) > self.capacity:
@@ -131,6 +146,8 @@ class TreeRunner:
             `HomerConfig`); 0 = none.
         keep_facts: with runs, keep the fact words that their own scores win before any run
             (`homer.significance.reserve_facts`; needs `TreeInputs.word_facts`).
+        shared_budget: siblings split their merged node's room by one ranking of both
+            (`HomerConfig.sibling_budget="shared"`) instead of keeping half each.
         progress: called after every node.
     """
 
@@ -147,8 +164,10 @@ class TreeRunner:
         rare_word_boost: float = 0.0,
         run_radius: int = 0,
         keep_facts: bool = False,
+        shared_budget: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.shared_budget = shared_budget
         self.keep_facts = keep_facts
         self._word_facts: torch.Tensor | None = None
         self.rare_word_boost = rare_word_boost
@@ -166,6 +185,7 @@ class TreeRunner:
             rare_word_boost,
             run_radius,
             keep_facts,
+            shared_budget,
         )
         self.plan = plan
         self.schedule = schedule
@@ -184,8 +204,8 @@ class TreeRunner:
         self.max_alive = max(self.max_alive, len(self._alive))
         return tracked
 
-    def _run_stage(self, node: NodeState, level: int) -> NodeState:
-        """Run the node's layers, then prune it to its target length at the stage's last layer."""
+    def _run_stage(self, node: NodeState, level: int) -> _Scored:
+        """Run the node's layers and score its tokens at the stage's last layer (unpruned)."""
         layers = self.schedule.layers(level)
         last = layers[-1]
         rope = self.adapter.rotary(node.hidden, node.positions)
@@ -203,9 +223,10 @@ class TreeRunner:
             keys=[*node.keys, *run.keys],
             values=[*node.values, *run.values],
         )
-        keep = self.plan.keep_at(level)
-        if node.length <= keep:
-            return node
+        # A child under shared budgets may lose room to its sibling, so it is always scored.
+        child = self.shared_budget and level < self.plan.height
+        if node.length <= self.plan.keep_at(level) and not child:
+            return _Scored(node)
         logits = last_query_logits(run.queries[last], run.keys[-1][0], run.scaling[last])
         layer_bias = None if self.bias is None else self.bias[last]
         scores = significance(logits, node.positions.to(logits.device), layer_bias)
@@ -214,17 +235,56 @@ class TreeRunner:
         if self.rare_word_boost and self._word_rarity is not None:
             rarity = _per_token(self._word_rarity, words, 0.0)
             scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
+        own = scores
         if self.run_radius:
-            own = scores
             scores = spread_to_runs(scores, prunable, self.run_radius)
-            if self.keep_facts and self._word_facts is not None:
-                facts = _per_token(self._word_facts, words, False)
-                scores = reserve_facts(scores, own, prunable, facts, keep - int((~prunable).sum()))
+        return _Scored(node, scores, own, prunable, words)
+
+    def _prune(self, scored: _Scored, keep: int) -> NodeState:
+        """The node cut to `keep` tokens (itself when it is no longer)."""
+        node = scored.node
+        if node.length <= keep:
+            return node
+        if (
+            scored.scores is None
+            or scored.own is None
+            or scored.prunable is None
+            or scored.words is None
+        ):
+            raise RuntimeError("a node longer than its target was not scored")
+        scores, prunable, words = scored.scores, scored.prunable, scored.words
+        if self.run_radius and self.keep_facts and self._word_facts is not None:
+            facts = _per_token(self._word_facts, words, False)
+            protected = int((~prunable).sum())
+            scores = reserve_facts(scores, scored.own, prunable, facts, keep - protected)
         if self.whole_words:
             indices = select_words(scores, prunable, words, keep)
         else:
             indices = select_tokens(scores, prunable, keep)
         return apply_keep(node, indices)
+
+    def _finish(self, scored: _Scored, level: int) -> _Scored:
+        """With halves, a node prunes itself to its level's target at once (the paper); with
+        shared budgets only the root does, and a child waits for its parent to split the room."""
+        if self.shared_budget and level < self.plan.height:
+            return dataclasses.replace(scored, node=self._track(scored.node))
+        return _Scored(self._track(self._prune(scored, self.plan.keep_at(level))))
+
+    def _shares(self, left: _Scored, right: _Scored, keep: int) -> tuple[int, int]:
+        """Target lengths of two siblings that would each keep `keep` with halves, from one
+        ranking of both (`homer.significance.share_budget`)."""
+        targets = []
+        pools = []
+        for child in (left, right):
+            if child.scores is None or child.prunable is None:
+                raise RuntimeError("a child under shared budgets was not scored")
+            protected = int((~child.prunable).sum())
+            candidates = child.scores[child.prunable]
+            targets.append(min(keep - protected, candidates.numel()))
+            pools.append((protected, candidates))
+        (left_fixed, left_pool), (right_fixed, right_pool) = pools
+        from_left, from_right = share_budget(left_pool, right_pool, sum(targets))
+        return left_fixed + from_left, right_fixed + from_right
 
     def _prunable(self, length: int) -> torch.Tensor:
         mask = torch.ones(length, dtype=torch.bool)
@@ -243,7 +303,7 @@ class TreeRunner:
 
     # -- the tree ----------------------------------------------------------------------------
 
-    def _leaf(self, index: int, inputs: TreeInputs) -> _Node:
+    def _leaf(self, index: int, inputs: TreeInputs) -> _Scored:
         leaf = make_leaf(self.plan, index, inputs.prefix, inputs.context, inputs.suffix)
         piece = inputs.context_words[
             leaf.start : leaf.start
@@ -260,9 +320,9 @@ class TreeRunner:
         )
         hidden = self.adapter.embed(leaf.token_ids)
         start = NodeState(hidden, leaf.token_ids, leaf.positions, words, [], [])
-        node = self._track(self._run_stage(start, 0))
+        scored = self._finish(self._run_stage(start, 0), 0)
         self._report("leaf", 0)
-        return node
+        return scored
 
     def _memo_key(self, first: int, level: int, inputs: TreeInputs) -> str:
         lengths = self.plan.slice_lengths()
@@ -285,34 +345,44 @@ class TreeRunner:
         digest.update(repr((self.plan, level, self.whole_words, self._setup_id)).encode())
         return digest.hexdigest()
 
-    def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Node:
+    def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Scored:
         if self.memo is None:
             return self._compute_subtree(first, level, inputs)
         key = self._memo_key(first, level, inputs)
         found = self.memo.get(key)
         if found is not None:
-            node = self._track(found)
+            scored = dataclasses.replace(found, node=self._track(found.node))
             self._done += 2 ** (level + 1) - 2  # the subtree's other nodes count as done too
             self._report("leaf" if level == 0 else "merge", level)
-            return node
-        node = self._compute_subtree(first, level, inputs)
-        self.memo.put(key, node)
-        return node
+            return scored
+        scored = self._compute_subtree(first, level, inputs)
+        self.memo.put(key, scored)
+        return scored
 
-    def _compute_subtree(self, first: int, level: int, inputs: TreeInputs) -> _Node:
+    def _compute_subtree(self, first: int, level: int, inputs: TreeInputs) -> _Scored:
         if level == 0:
             return self._leaf(first, inputs)
         left = self._subtree(first, level - 1, inputs)
         right = self._subtree(first + 2 ** (level - 1), level - 1, inputs)
-        merged = merge_nodes(left, right, self.plan.prefix_len, self.plan.suffix_len)
+        keep = self.plan.keep_at(level - 1)
+        # With halves both children are already at `keep`, and pruning them again is a no-op.
+        keep_left, keep_right = (
+            self._shares(left, right, keep) if self.shared_budget else (keep, keep)
+        )
+        merged = merge_nodes(
+            self._prune(left, keep_left),
+            self._prune(right, keep_right),
+            self.plan.prefix_len,
+            self.plan.suffix_len,
+        )
         del left, right
-        node = self._track(self._run_stage(merged, level))
+        scored = self._finish(self._run_stage(merged, level), level)
         self._report("merge", level)
-        return node
+        return scored
 
     def run(self, inputs: TreeInputs) -> NodeState:
         """The root's state: every layer's keys and values, `plan.final_len` tokens each."""
         self._word_rarity = inputs.word_rarity
         self._word_facts = inputs.word_facts
         with torch.inference_mode():
-            return self._subtree(0, self.plan.height, inputs)
+            return self._subtree(0, self.plan.height, inputs).node

@@ -22,7 +22,7 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
     assert high == 1.0 and 0.83 < low < 0.84
 
 
-def test_pooled_table_pairs_a_rule_with_each_baseline_on_the_same_needles() -> None:
+def test_pooled_table_pairs_a_rule_with_each_baseline_and_rule_on_the_same_needles() -> None:
     def record(method: str, key: str, depth: float, correct: bool) -> dict[str, object]:
         return {"method": method, "length": 16000, "key": key, "depth": depth, "correct": correct}
 
@@ -33,11 +33,17 @@ def test_pooled_table_pairs_a_rule_with_each_baseline_on_the_same_needles() -> N
         record("one-chunk", "a", 0.1, False),
         record("one-chunk", "a", 0.5, True),
         record("one-chunk", "b", 0.1, True),
+        record("halves", "a", 0.1, False),
+        record("halves", "b", 0.1, True),
     ]
     rows = pooled_table(records).splitlines()
     assert rows[2].startswith("| default | 16k | 33% (1/3) |")
     assert "one-chunk: 1 vs 2 of 3" in rows[2]
+    assert "halves: 1 vs 1 of 2" in rows[2]
     assert rows[3].startswith("| one-chunk | 16k | 67% (2/3) |")
+    assert rows[3].endswith("| - |")  # a plain baseline is not paired
+    assert rows[4].startswith("| halves | 16k | 50% (1/2) |")
+    assert "default: 1 vs 1 of 2; one-chunk: 0 vs 0 of 2" in rows[4]
 
 
 def test_the_same_key_at_the_same_depth_under_two_seeds_is_two_needles() -> None:

@@ -143,12 +143,17 @@ def test_every_layer_has_the_final_length_and_affixes_survive(
     assert cache.num_layers == model.config.num_hidden_layers
 
 
+@pytest.mark.parametrize("budget", ["halves", "shared"])
 def test_each_node_drops_exactly_down_to_its_target(
-    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, budget: str
 ) -> None:
+    """With halves every child keeps exactly its half; with shared budgets two siblings may
+    split their room unevenly, but every merged node still holds exactly what halves give."""
     model, tokenizer = tiny
     seen: list[tuple[int, int]] = []
+    merges: list[tuple[int, int]] = []
     real_apply_keep = homer.tree.apply_keep
+    real_merge = homer.tree.merge_nodes
 
     def spy(node: Any, keep: torch.Tensor) -> Any:
         out = real_apply_keep(node, keep)
@@ -157,13 +162,26 @@ def test_each_node_drops_exactly_down_to_its_target(
         assert {k.shape[2] for k in out.keys} == {out.length}
         return out
 
+    def merge_spy(left: Any, right: Any, prefix_len: int, suffix_len: int) -> Any:
+        merges.append((left.length, right.length))
+        return real_merge(left, right, prefix_len, suffix_len)
+
     monkeypatch.setattr(homer.tree, "apply_keep", spy)
-    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128, target_len=90))
+    monkeypatch.setattr(homer.tree, "merge_nodes", merge_spy)
+    config = HomerConfig(max_chunk_len=128, target_len=90, sibling_budget=budget)  # type: ignore[arg-type]
+    cache = compress(model, tokenizer, TEXT[:3000], config)
     p, s = cache.info.prefix_tokens, cache.info.suffix_tokens
     child_keep = p + (128 - p - s) // 2 + s
-    assert len(seen) == 2 * cache.info.num_chunks - 1
-    assert all(after in (child_keep, 90) and before > after for before, after in seen)
+    assert len(merges) == cache.info.num_chunks - 1
+    assert all(a + b == 2 * child_keep for a, b in merges)
+    assert all(before > after for before, after in seen)
     assert seen[-1][1] == 90
+    if budget == "halves":
+        assert len(seen) == 2 * cache.info.num_chunks - 1
+        assert all(after in (child_keep, 90) for _, after in seen)
+        assert set(merges) == {(child_keep, child_keep)}
+    else:
+        assert len(set(merges)) > 1  # the text is not uniform: some sibling took more room
 
 
 # 4. The schedule along every path, as actually run ---------------------------------------------
@@ -203,15 +221,20 @@ def test_layers_run_cover_the_model_once_along_every_path(
 # 5. Memory: depth-first ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chars", [3000, 12000])
-def test_chunks_alive_never_exceed_height_plus_one(model_dirs: dict[str, Path], chars: int) -> None:
+@pytest.mark.parametrize(
+    ("chars", "budget"), [(3000, "halves"), (12000, "halves"), (12000, "shared")]
+)
+def test_chunks_alive_never_exceed_height_plus_one(
+    model_dirs: dict[str, Path], chars: int, budget: str
+) -> None:
+    """Shared budgets hold each level's left sibling unpruned, not more siblings."""
     model, tokenizer = load(model_dirs["deep"], "sdpa")
     events: list[homer.tree.ProgressEvent] = []
     cache = compress(
         model,
         tokenizer,
         (TEXT * 2)[:chars],
-        HomerConfig(max_chunk_len=128, bias=None),
+        HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget),  # type: ignore[arg-type]
         progress=events.append,
     )
     tree_events = [e for e in events if e.stage in ("leaf", "merge")]
@@ -322,11 +345,14 @@ def test_compact_cache_is_the_paper_cache_turned_to_consecutive_positions(
     assert "".join(generate(model, tokenizer, compact, "Who is Tom?", max_new_tokens=4))
 
 
-def test_memo_reuses_unchanged_subtrees_bit_for_bit(model_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("budget", ["halves", "shared"])
+def test_memo_reuses_unchanged_subtrees_bit_for_bit(
+    model_dirs: dict[str, Path], budget: str
+) -> None:
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load(model_dirs["llama"], "sdpa")
-    config = HomerConfig(max_chunk_len=128, bias=None)
+    config = HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
     text = TEXT[:3000] + " The code is 4719 ."
     edited = TEXT[:3000] + " The code is 4718 ."  # only the last chunk changes
     assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
@@ -441,6 +467,51 @@ def test_keep_facts_keeps_every_fact_that_selection_without_runs_keeps(
     with_keep = kept_facts(compressed(run_radius=4, keep_facts=True))
     assert without_runs - runs_alone  # here runs alone do push facts out
     assert without_runs <= with_keep
+
+
+def test_shared_budgets_give_a_chunk_of_facts_the_room_of_a_chunk_of_filler(
+    model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chunks: the first repeats one sentence (nothing rare), the second states a different
+    fact in every sentence. With halves both keep the same room; with shared budgets the facts'
+    chunk, lifted by the rarity prior, takes room from the filler's."""
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    filler = "the cat sat on the mat and the dog lay by the door. " * 60
+    facts = " ".join(
+        f"Code {10007 * (i + 3) % 90000 + 10000} opens the vault of Orlan{chr(65 + i % 26)}."
+        for i in range(60)
+    )
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    affixes = len(encode(tokenizer, template.prefix())) + len(encode(tokenizer, template.suffix()))
+    half = 256 - affixes - 4  # a slice of each, so that each leaf holds one of them
+    text = encode_and_cut(tokenizer, filler, half) + encode_and_cut(tokenizer, facts, half)
+    merges: list[tuple[int, int]] = []
+    real_merge = homer.tree.merge_nodes
+
+    def merge_spy(left: Any, right: Any, prefix_len: int, suffix_len: int) -> Any:
+        merges.append((left.length, right.length))
+        return real_merge(left, right, prefix_len, suffix_len)
+
+    monkeypatch.setattr(homer.tree, "merge_nodes", merge_spy)
+
+    def root_children(budget: str) -> tuple[int, int]:
+        merges.clear()
+        config = HomerConfig(max_chunk_len=256, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
+        cache = compress(model, tokenizer, text, config)
+        assert cache.info.num_chunks == 2
+        return merges[-1]
+
+    left, right = root_children("halves")
+    assert left == right
+    filler_room, facts_room = root_children("shared")
+    assert filler_room + facts_room == left + right
+    assert facts_room > 1.5 * filler_room, (filler_room, facts_room)
+
+
+def encode_and_cut(tokenizer: Any, text: str, tokens: int) -> str:
+    """The longest start of `text` that encodes to at most `tokens` tokens."""
+    ids = encode(tokenizer, text)[:tokens]
+    return str(tokenizer.decode(ids))
 
 
 def test_mistral_with_a_sliding_window_is_refused_by_name(model_dirs: dict[str, Path]) -> None:

@@ -11,6 +11,7 @@ from homer.significance import (
     reserve_facts,
     select_tokens,
     select_words,
+    share_budget,
     spread_to_runs,
 )
 from homer.words import (
@@ -211,3 +212,19 @@ def test_reserve_facts_brings_back_a_fact_that_runs_push_out() -> None:
     assert kept.tolist() == [1, 4, 7]
     kept = select_words(reserve_facts(runs, own, prunable, facts, 4), prunable, words, keep=4)
     assert {1, 4, 7} <= set(kept.tolist())
+
+
+def test_share_budget_splits_by_one_ranking_of_both_siblings() -> None:
+    left = torch.tensor([9.0, 1.0, 8.0, 0.5])
+    right = torch.tensor([2.0, 7.0, 3.0, 0.0])
+    # The best 4 of both: 9, 8 (left), 7, 3 (right).
+    assert share_budget(left, right, 4) == (2, 2)
+    # The best 3: 9, 8, 7.
+    assert share_budget(left, right, 3) == (2, 1)
+    # A strong sibling takes the room of a weak one, but never more than it holds.
+    assert share_budget(left + 100, right, 6) == (4, 2)
+    # Room for everyone, or for no one.
+    assert share_budget(left, right, 8) == (4, 4)
+    assert share_budget(left, right, 99) == (4, 4)
+    assert share_budget(left, right, 0) == (0, 0)
+    assert share_budget(left, torch.zeros(0), 2) == (2, 0)

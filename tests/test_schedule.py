@@ -150,6 +150,8 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
         {"run_radius": True},
         {"keep_facts": 1},
         {"keep_facts": "yes"},
+        {"sibling_budget": "equal"},
+        {"sibling_budget": True},
     ],
 )
 def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -> None:
@@ -166,6 +168,17 @@ def test_keep_facts_is_on_with_spans_and_off_with_the_paper_rule() -> None:
     assert resolved(reduction="paper") is False
     assert resolved(keep_facts=False) is False
     assert resolved(reduction="paper", keep_facts=True) is True
+
+
+def test_sibling_budgets_are_halves_unless_shared_is_asked_for() -> None:
+    def resolved(**kwargs: object) -> str:
+        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
+        return config.resolve(num_layers=30, window=8192).sibling_budget
+
+    assert resolved() == "halves"
+    assert resolved(reduction="paper") == "halves"
+    assert resolved(sibling_budget="shared") == "shared"
+    assert resolved(reduction="paper", sibling_budget="shared") == "shared"
 
 
 def test_config_resolves_defaults_from_the_model() -> None:
