@@ -10,6 +10,7 @@ compared on identical inputs. Methods:
 - `homer-nobias`: query-agnostic, no calibration bias (ablation).
 - `homer-paper`: query-agnostic with the paper's single-token reduction rule.
 - `homer-paper-warmup`: the paper's warm-up share, 12/32 of the layers (ablation of the default).
+- `homer-shared`: siblings split their merged node's room by score (`sibling_budget="shared"`).
 - `homer-seqmask`, `homer-posmask`, `homer-aware-posmask`: the merge mask set explicitly
   (`HomerConfig(merge_mask=...)`, an A/B of the two masks).
 - `plain`: the model on the whole input (past its window beyond 8k tokens).
@@ -88,6 +89,7 @@ class Method:
     positions: str | None = None  # None: the library default ("compact")
     reread: bool = False  # answer from a plain prefill of the kept token ids (a diagnostic)
     reask: bool = False  # query-aware, and the question is asked again after the cache
+    sibling_budget: str | None = None  # None: the library default ("halves")
 
 
 METHODS = {
@@ -99,6 +101,7 @@ METHODS = {
         Method("homer-paper", "homer", reduction="paper"),
         Method("homer-paper-warmup", "homer", paper_warmup=True),
         Method("homer-paper-positions", "homer", positions="paper"),
+        Method("homer-shared", "homer", sibling_budget="shared"),
         Method("homer-aware-paper-positions", "homer", focus=True, positions="paper"),
         Method("homer-reread", "homer", reread=True),
         Method("homer-aware-reask", "homer", focus=True, reask=True),
@@ -205,6 +208,8 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
     extra: dict[str, Any] = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
     if method.positions is not None:
         extra["positions"] = method.positions
+    if method.sibling_budget is not None:
+        extra["sibling_budget"] = method.sibling_budget
     if method.paper_warmup:
         extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
     config = HomerConfig(

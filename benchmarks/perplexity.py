@@ -16,6 +16,8 @@ book before it, `book[:L]`; every method sees the same tokens. The book is Milto
   `last_position + 1, ...`.
 - `homer-paper-positions`: the same with `HomerConfig(positions="paper")` (the final cache keeps
   the positions the merges left instead of `0 .. T-1`).
+- `homer-shared`: the same with `HomerConfig(sibling_budget="shared")` (siblings split their
+  merged node's room by score instead of half each).
 - `homer+ntk`, `homer+yarn`: the same on the model with that RoPE scaling.
 
 Perplexity is `exp(mean NLL)` over the segment's tokens 2..2048 (the first token is not scored,
@@ -55,6 +57,7 @@ METHODS = [
     "yarn",
     "homer",
     "homer-paper-positions",
+    "homer-shared",
     "homer+ntk",
     "homer+yarn",
 ]
@@ -107,8 +110,10 @@ def run_method(
     if name.startswith("homer"):
         text = tokenizer.decode(ids[:context])
         reencoded = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        paper = name == "homer-paper-positions"
-        config = HomerConfig(positions="paper") if paper else HomerConfig()
+        config = {
+            "homer-paper-positions": HomerConfig(positions="paper"),
+            "homer-shared": HomerConfig(sibling_budget="shared"),
+        }.get(name, HomerConfig())
         cache = compress(model, tokenizer, text, config, prefix="", suffix="")
         record["compress_s"] = round(time.perf_counter() - began, 1)
         nll = score_after_cache(model, cache, ids[context : context + seg])
