@@ -42,10 +42,12 @@ DEFAULT_RUN_RADIUS = 8
 
 
 #: Default `sibling_budget`. Session 9, natural-prose needles on the embedded model: "shared"
-#: answered 7/60 at 16k and 16/40 at 32k against 5/60 and 15/40 with halves (the same needles;
-#: 7 answered only with shared, 4 only with halves), keys 100% either way: no clear gain. Shared
-#: holds each level's left sibling unpruned, about twice the tokens, until the right one is done:
-#: for a 7B model's cache that is about a gigabyte per level. docs/RESULTS.md.
+#: answered 7/60 and 16/40 on the mixed haystack at 16k and 32k, and 13/40 on clean prose at 16k,
+#: against 5/60, 15/40 and 7/40 with halves (the same needles: 14 answered only with shared, 5
+#: only with halves; sign test p = 0.06), keys 100% either way. But shared holds each level's
+#: left sibling unpruned, twice the tokens, until the right one is done: peak memory grew 37.5%
+#: from 8k to 64k (halves: 3.9%), past issue 2's 25%, and at a 7B model's shape it is up to a
+#: gigabyte per level. docs/RESULTS.md.
 DEFAULT_SIBLING_BUDGET: SiblingBudget = "halves"
 
 
@@ -94,8 +96,8 @@ class HomerConfig:
             rarity prior and runs) and each keeps as many as it places in the joint best, so a
             chunk dense in strong tokens takes room from a sparse sibling
             (`homer.significance.share_budget`). It holds one unpruned sibling per level until
-            the other is done. Default: `"halves"` (`DEFAULT_SIBLING_BUDGET`): shared did not
-            answer clearly more needles (docs/RESULTS.md).
+            the other is done. Default: `"halves"` (`DEFAULT_SIBLING_BUDGET`): shared answered
+            a few more needles, within noise, at a clear cost in peak memory (docs/RESULTS.md).
         positions: position ids of the final cache. `"compact"` (default) turns its keys to
             consecutive positions `0 .. T-1` in document order, so a question reads the kept
             tokens as one sequence; `"paper"` keeps the positions the merges left, where every

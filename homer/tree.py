@@ -83,15 +83,13 @@ class TreeInputs:
 
 @dataclass(frozen=True)
 class _Scored:
-    """A node after its stage's layers, and what pruning it needs: `(T,)` scores after the
-    rarity prior and runs, the same before runs (`own`), the prunable mask and word ids. The
-    scores are None when the node needs no pruning."""
+    """A node after its stage's layers, and its `(T,)` scores for pruning: after the rarity
+    prior and runs (`scores`) and before runs (`own`). Both are None when the node needs no
+    pruning."""
 
     node: NodeState
     scores: torch.Tensor | None = None
     own: torch.Tensor | None = None
-    prunable: torch.Tensor | None = None
-    words: torch.Tensor | None = None
 
 
 class SubtreeMemo:
@@ -224,8 +222,7 @@ class TreeRunner:
             values=[*node.values, *run.values],
         )
         # A child under shared budgets may lose room to its sibling, so it is always scored.
-        child = self.shared_budget and level < self.plan.height
-        if node.length <= self.plan.keep_at(level) and not child:
+        if node.length <= self.plan.keep_at(level) and not self._waits_for_parent(level):
             return _Scored(node)
         logits = last_query_logits(run.queries[last], run.keys[-1][0], run.scaling[last])
         layer_bias = None if self.bias is None else self.bias[last]
@@ -238,21 +235,18 @@ class TreeRunner:
         own = scores
         if self.run_radius:
             scores = spread_to_runs(scores, prunable, self.run_radius)
-        return _Scored(node, scores, own, prunable, words)
+        return _Scored(node, scores, own)
 
     def _prune(self, scored: _Scored, keep: int) -> NodeState:
         """The node cut to `keep` tokens (itself when it is no longer)."""
         node = scored.node
         if node.length <= keep:
             return node
-        if (
-            scored.scores is None
-            or scored.own is None
-            or scored.prunable is None
-            or scored.words is None
-        ):
+        if scored.scores is None or scored.own is None:
             raise RuntimeError("a node longer than its target was not scored")
-        scores, prunable, words = scored.scores, scored.prunable, scored.words
+        scores = scored.scores
+        prunable = self._prunable(node.length).to(scores.device)
+        words = node.word_ids.to(scores.device)
         if self.run_radius and self.keep_facts and self._word_facts is not None:
             facts = _per_token(self._word_facts, words, False)
             protected = int((~prunable).sum())
@@ -263,28 +257,30 @@ class TreeRunner:
             indices = select_tokens(scores, prunable, keep)
         return apply_keep(node, indices)
 
+    def _waits_for_parent(self, level: int) -> bool:
+        """Under shared budgets a child is pruned by its parent, which splits the room."""
+        return self.shared_budget and level < self.plan.height
+
     def _finish(self, scored: _Scored, level: int) -> _Scored:
         """With halves, a node prunes itself to its level's target at once (the paper); with
         shared budgets only the root does, and a child waits for its parent to split the room."""
-        if self.shared_budget and level < self.plan.height:
+        if self._waits_for_parent(level):
             return dataclasses.replace(scored, node=self._track(scored.node))
         return _Scored(self._track(self._prune(scored, self.plan.keep_at(level))))
 
     def _shares(self, left: _Scored, right: _Scored, keep: int) -> tuple[int, int]:
         """Target lengths of two siblings that would each keep `keep` with halves, from one
         ranking of both (`homer.significance.share_budget`)."""
-        targets = []
-        pools = []
+        protected, pools = [], []
         for child in (left, right):
-            if child.scores is None or child.prunable is None:
+            if child.scores is None:
                 raise RuntimeError("a child under shared budgets was not scored")
-            protected = int((~child.prunable).sum())
-            candidates = child.scores[child.prunable]
-            targets.append(min(keep - protected, candidates.numel()))
-            pools.append((protected, candidates))
-        (left_fixed, left_pool), (right_fixed, right_pool) = pools
-        from_left, from_right = share_budget(left_pool, right_pool, sum(targets))
-        return left_fixed + from_left, right_fixed + from_right
+            prunable = self._prunable(child.node.length).to(child.scores.device)
+            protected.append(int((~prunable).sum()))
+            pools.append(child.scores[prunable])
+        total = sum(min(keep - p, pool.numel()) for p, pool in zip(protected, pools, strict=True))
+        from_left, from_right = share_budget(pools[0], pools[1], total)
+        return protected[0] + from_left, protected[1] + from_right
 
     def _prunable(self, length: int) -> torch.Tensor:
         mask = torch.ones(length, dtype=torch.bool)
