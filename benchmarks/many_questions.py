@@ -157,6 +157,8 @@ def stop_ids(model: Any, tokenizer: Any) -> set[int]:
 @torch.inference_mode()
 def greedy_after(model: Any, past: Any, start: int, ids: list[int], stops: set[int]) -> list[int]:
     """Greedy tokens after feeding `ids` at positions `start, ...` on top of `past` (mutated)."""
+    from homer.adapter import cache_kwargs
+
     out: list[int] = []
     position = start
     inputs = ids
@@ -165,8 +167,8 @@ def greedy_after(model: Any, past: Any, start: int, ids: list[int], stops: set[i
         res = model(
             input_ids=torch.tensor([inputs]),
             position_ids=positions,
-            past_key_values=past,
             use_cache=True,
+            **cache_kwargs(model, past),
             logits_to_keep=1,
         )
         position += len(inputs)
@@ -183,6 +185,7 @@ def run_truncated(
 ) -> tuple[list[dict[str, Any]], float, int]:
     """Answers of the plain model on homer's prompt with the document cut to its tail; returns
     the records, the shared prefill's seconds and the first kept document token."""
+    from homer.adapter import output_cache
     from homer.prompts import PromptTemplate, encode
 
     template = PromptTemplate.for_tokenizer(tokenizer)
@@ -204,9 +207,7 @@ def run_truncated(
     records = []
     for fact, ask in zip(facts, asks, strict=True):
         began = time.perf_counter()
-        answer_ids = greedy_after(
-            model, copy.deepcopy(past.past_key_values), len(shared), ask, stops
-        )
+        answer_ids = greedy_after(model, copy.deepcopy(output_cache(past)), len(shared), ask, stops)
         answer = str(tokenizer.decode(answer_ids, skip_special_tokens=True))
         records.append(
             {

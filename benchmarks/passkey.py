@@ -144,13 +144,17 @@ def rope_parameters(model: Any, kind: str, length: int) -> dict[str, Any]:
 
 def greedy(model: Any, ids: list[int], max_new: int) -> list[int]:
     """Plain greedy decoding over a full prompt (logits for the last position only)."""
+    from homer.adapter import cache_kwargs, output_cache
+
     out: list[int] = []
     past = None
     inputs = torch.tensor([ids])
     with torch.inference_mode():
         for _ in range(max_new):
-            res = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = res.past_key_values
+            res = model(
+                input_ids=inputs, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)
+            )
+            past = output_cache(res)
             token = int(res.logits[0, -1].argmax())
             out.append(token)
             inputs = torch.tensor([[token]])

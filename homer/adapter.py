@@ -31,6 +31,23 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ATTENTION_NAME = "homer_capture"
 
 
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """`cache` as the keyword `model.forward` takes it: `cache=` in transformers releases that
+    renamed it (5.2x; the old name warns on every call and goes in 5.40), `past_key_values=`
+    before."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The kv-cache a model call returned, under either of its names (see `cache_kwargs`)."""
+    if "cache" in output:  # not `.get(..., output.past_key_values)`: the old name warns
+        return output["cache"]
+    return output.past_key_values
+
+
 @dataclass
 class _Capture:
     """What the capturing attention function records during one `run_layers` call."""
@@ -253,7 +270,6 @@ class ModelAdapter:
                     hidden,
                     attention_mask=mask,
                     position_embeddings=position_embeddings,
-                    past_key_values=None,
                     use_cache=False,
                 )
                 hidden = out[0] if isinstance(out, tuple) else out

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from homer.adapter import ModelAdapter
+from homer.adapter import ModelAdapter, cache_kwargs
 from homer.cache import HomerCache
 from homer.prompts import PromptTemplate, encode
 
@@ -101,7 +101,10 @@ class GenerationStream:
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
         out = self.model(
-            input_ids=input_ids, position_ids=positions, past_key_values=past, use_cache=True
+            input_ids=input_ids,
+            position_ids=positions,
+            use_cache=True,
+            **cache_kwargs(self.model, past),
         )
         return out.logits[0, -1]  # type: ignore[no-any-return]
 

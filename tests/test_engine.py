@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import homer.tree
 from homer import HomerConfig, compress, generate
-from homer.adapter import ModelAdapter
+from homer.adapter import ModelAdapter, output_cache
 from homer.calibration import calibrate, calibration_text
 from homer.positions import turn_keys
 from homer.prompts import PromptTemplate, encode
@@ -71,11 +71,10 @@ def test_one_chunk_gives_the_plain_prefill_cache_and_logits(tiny: tuple[Any, Any
     with torch.no_grad():
         out = model(torch.tensor([ids]), use_cache=True)
     torch.testing.assert_close(cache.last_logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    plain = output_cache(out)
     for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
-        torch.testing.assert_close(k, out.past_key_values.layers[layer].keys, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(
-            v, out.past_key_values.layers[layer].values, rtol=1e-5, atol=1e-5
-        )
+        torch.testing.assert_close(k, plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v, plain.layers[layer].values, rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, Any]) -> None:
