@@ -212,6 +212,8 @@ def decode_times(
     """Seconds to decode max(`counts`) greedy tokens after `first`, read off at each count."""
     import torch
 
+    from homer.adapter import cache_kwargs, output_cache
+
     times: dict[str, float] = {}
     if not counts:
         return times
@@ -223,10 +225,10 @@ def decode_times(
             out = model(
                 input_ids=torch.tensor([[token]], device=device),
                 position_ids=torch.tensor([[position]], device=device),
-                past_key_values=past,
                 use_cache=True,
+                **cache_kwargs(model, past),
             )
-            past = out.past_key_values
+            past = output_cache(out)
             token = int(out.logits[0, -1].argmax())
             position += 1
             if step in counts:
@@ -238,6 +240,8 @@ def decode_times(
 def child(job: Job) -> dict[str, Any]:
     """Run one measurement in this process; returns its record."""
     import torch
+
+    from homer.adapter import output_cache
 
     started = time.perf_counter()
     model, tokenizer = build(job.shape, job.device, job.dtype)
@@ -276,7 +280,7 @@ def child(job: Job) -> dict[str, Any]:
             out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
             meter.sync()
             seconds = time.perf_counter() - began
-            past = out.past_key_values
+            past = output_cache(out)
             position = len(ids)
             first = int(out.logits[0, -1].argmax())
             record["document_tokens"] = len(ids)

@@ -34,6 +34,7 @@ from benchmarks.needles import excerpt, haystack, insert, locate, make_needle
 
 def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]:
     """Log p(key | question, answer opening) and the best head's attention mass on the key."""
+    from homer.adapter import cache_kwargs
     from homer.prompts import PromptTemplate, encode
 
     template = PromptTemplate.for_tokenizer(tokenizer)
@@ -49,9 +50,9 @@ def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]
             out = model(
                 input_ids=torch.tensor([ids]),
                 position_ids=torch.arange(start, start + len(ids)).unsqueeze(0),
-                past_key_values=cache.to_dynamic_cache(),
                 use_cache=True,
                 output_attentions=True,
+                **cache_kwargs(model, cache.to_dynamic_cache()),
             )
     finally:
         model.set_attn_implementation(previous)

@@ -27,7 +27,8 @@ the King James Version (clean narrative prose dense in names, about 60k tokens).
 `--combine NAME ...` pools saved runs: answer rates with 95% Wilson intervals, and each rule
 against each baseline on the same needles.
 
-Rules (`--methods`):
+Rules (`--methods`): any variant in `benchmarks.variants` (the library default with a few
+fields changed), or one of the two attribution rules at the end of this list:
 - `paper`: the paper's rule: single tokens, bias calibrated on plain text.
 - `default`: homer's default: whole words, bias calibrated in the compression prompt's layout.
 - `no-rarity`: the default without the in-document rarity prior (`rare_word_boost=0`).
@@ -65,6 +66,7 @@ from benchmarks.common import (
     save_figure,
     write_json,
 )
+from benchmarks.variants import homer_config
 
 PLACES = ["harbour", "observatory", "granary", "chapel", "armoury", "library", "mill", "tower"]
 ROLES = ["navigator", "cartographer", "surgeon", "quartermaster", "botanist", "chronicler"]
@@ -154,30 +156,17 @@ def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int, at: flo
 
 
 def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """(HomerConfig, Calibration or None) for a reduction rule."""
+    """(HomerConfig, Calibration or None) for a reduction rule: a variant of
+    `benchmarks.variants`, or one of two attribution rules with their own calibration."""
     from homer import HomerConfig, calibrate
 
-    if name == "paper":
-        return HomerConfig(reduction="paper"), None
-    if name == "default":
-        return HomerConfig(), None
-    if name == "no-rarity":
-        return HomerConfig(rare_word_boost=0), None
-    if name == "no-runs":
-        return HomerConfig(run_radius=0), None
-    if name == "no-keep-facts":
-        return HomerConfig(keep_facts=False), None
-    if name == "paper-positions":
-        return HomerConfig(positions="paper"), None
-    if name == "shared":
-        return HomerConfig(sibling_budget="shared"), None
     if name == "tokens+template":
         config = HomerConfig(reduction="paper")
         return config, calibrate(model, tokenizer, config, mode="template")
     if name == "spans+plain":
         config = HomerConfig()
         return config, calibrate(model, tokenizer, config, mode="plain")
-    raise ValueError(f"unknown rule {name!r}")
+    return homer_config(name), None
 
 
 def kept_position_histogram(cache: Any, bins: int = 20) -> list[float]:

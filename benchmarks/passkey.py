@@ -46,6 +46,7 @@ from benchmarks.common import (
     save_figure,
     write_json,
 )
+from benchmarks.variants import homer_config
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -82,14 +83,10 @@ class Method:
     kind: str  # "homer" | "plain" | "truncated"
     rope: str | None = None  # None | "ntk" | "yarn"
     focus: bool = False
-    bias: bool = True
-    reduction: str = "spans"
-    merge_mask: str | None = None  # None: the library default
+    variant: str = "default"  # a `benchmarks.variants` name: the HomerConfig of HOMER methods
     paper_warmup: bool = False  # the paper's 12/32 warm-up share instead of the default
-    positions: str | None = None  # None: the library default ("compact")
     reread: bool = False  # answer from a plain prefill of the kept token ids (a diagnostic)
     reask: bool = False  # query-aware, and the question is asked again after the cache
-    sibling_budget: str | None = None  # None: the library default ("halves")
 
 
 METHODS = {
@@ -97,17 +94,17 @@ METHODS = {
     for m in [
         Method("homer", "homer"),
         Method("homer-aware", "homer", focus=True),
-        Method("homer-nobias", "homer", bias=False),
-        Method("homer-paper", "homer", reduction="paper"),
+        Method("homer-nobias", "homer", variant="nobias"),
+        Method("homer-paper", "homer", variant="paper"),
         Method("homer-paper-warmup", "homer", paper_warmup=True),
-        Method("homer-paper-positions", "homer", positions="paper"),
-        Method("homer-shared", "homer", sibling_budget="shared"),
-        Method("homer-aware-paper-positions", "homer", focus=True, positions="paper"),
+        Method("homer-paper-positions", "homer", variant="paper-positions"),
+        Method("homer-shared", "homer", variant="shared"),
+        Method("homer-aware-paper-positions", "homer", focus=True, variant="paper-positions"),
         Method("homer-reread", "homer", reread=True),
         Method("homer-aware-reask", "homer", focus=True, reask=True),
-        Method("homer-seqmask", "homer", merge_mask="sequence"),
-        Method("homer-posmask", "homer", merge_mask="position"),
-        Method("homer-aware-posmask", "homer", focus=True, merge_mask="position"),
+        Method("homer-seqmask", "homer", variant="seqmask"),
+        Method("homer-posmask", "homer", variant="posmask"),
+        Method("homer-aware-posmask", "homer", focus=True, variant="posmask"),
         Method("plain", "plain"),
         Method("truncated", "truncated"),
         Method("ntk", "plain", rope="ntk"),
@@ -206,21 +203,12 @@ def ask_homer(
 
 def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) -> tuple[str, str]:
     """HOMER's answer for `method` and the text of the tokens its cache kept."""
-    from homer import HomerConfig
     from homer.config import PAPER_WARMUP_FRACTION
 
-    extra: dict[str, Any] = {} if method.merge_mask is None else {"merge_mask": method.merge_mask}
-    if method.positions is not None:
-        extra["positions"] = method.positions
-    if method.sibling_budget is not None:
-        extra["sibling_budget"] = method.sibling_budget
+    extra: dict[str, Any] = {}
     if method.paper_warmup:
         extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
-    config = HomerConfig(
-        bias="calibrated" if method.bias else None,
-        reduction=method.reduction,  # type: ignore[arg-type]
-        **extra,
-    )
+    config = homer_config(method.variant, **extra)
     return ask_homer(
         model, tokenizer, text, config, method.focus, memo, reread=method.reread, reask=method.reask
     )

@@ -49,6 +49,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.passkey import rope_parameters
+from benchmarks.variants import homer_config, method_variant
 
 METHODS = [
     "plain",
@@ -82,13 +83,15 @@ def score_plain(model: Any, ids: list[int], start: int, seg: int) -> float:
 @torch.inference_mode()
 def score_after_cache(model: Any, cache: Any, segment: list[int]) -> float:
     """NLL of `segment[1:]` fed after a HOMER cache at positions `last_position + 1, ...`."""
+    from homer.adapter import cache_kwargs
+
     start = cache.last_position + 1
     positions = torch.arange(start, start + len(segment)).unsqueeze(0)
     out = model.model(
         input_ids=torch.tensor([segment]),
         position_ids=positions,
-        past_key_values=cache.to_dynamic_cache(),
         use_cache=True,
+        **cache_kwargs(model.model, cache.to_dynamic_cache()),
     )
     hidden = out.last_hidden_state[0]
     return nll_of(model, hidden[:-1], torch.tensor(segment[1:]))
@@ -98,7 +101,7 @@ def run_method(
     name: str, base: Any, tokenizer: Any, ids: list[int], context: int, seg: int
 ) -> dict[str, Any]:
     """Score one method at one context length; returns the record (without reuse handling)."""
-    from homer import HomerConfig, compress
+    from homer import compress
 
     window = int(base.config.max_position_embeddings)
     rope = name.split("+")[-1] if name in ("ntk", "yarn", "homer+ntk", "homer+yarn") else None
@@ -110,10 +113,7 @@ def run_method(
     if name.startswith("homer"):
         text = tokenizer.decode(ids[:context])
         reencoded = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        config = {
-            "homer-paper-positions": HomerConfig(positions="paper"),
-            "homer-shared": HomerConfig(sibling_budget="shared"),
-        }.get(name, HomerConfig())
+        config = homer_config(method_variant(name))
         cache = compress(model, tokenizer, text, config, prefix="", suffix="")
         record["compress_s"] = round(time.perf_counter() - began, 1)
         nll = score_after_cache(model, cache, ids[context : context + seg])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.needles import answered, needle_sets, pooled_table, wilson
 
 
@@ -59,3 +61,31 @@ def test_the_same_key_at_the_same_depth_under_two_seeds_is_two_needles() -> None
     rows = pooled_table(needle_sets(seed_a) + needle_sets(seed_b)).splitlines()
     assert rows[2].startswith("| default | 16k | 25% (1/4) |")
     assert "one-chunk: 1 vs 1 of 2" in rows[2]
+
+
+def test_every_variant_is_the_default_with_its_own_fields_changed() -> None:
+    import dataclasses
+
+    from benchmarks.variants import VARIANTS, homer_config
+    from homer import HomerConfig
+
+    default = dataclasses.asdict(HomerConfig())
+    for name, fields in VARIANTS.items():
+        config = dataclasses.asdict(homer_config(name))
+        changed = {k for k in config if config[k] != default[k]}
+        # "seqmask" names the default mask explicitly; every other variant changes what it names
+        assert changed == (set() if name == "seqmask" else set(fields)), name
+    assert homer_config("shared", warmup_layers=3).warmup_layers == 3
+    with pytest.raises(ValueError, match="unknown variant 'sharde'"):
+        homer_config("sharde")
+
+
+def test_a_homer_method_name_names_its_variant() -> None:
+    from benchmarks.passkey import METHODS
+    from benchmarks.variants import VARIANTS, method_variant
+
+    assert method_variant("homer") == "default"
+    assert method_variant("homer+yarn") == "default"
+    assert method_variant("homer-paper-positions") == "paper-positions"
+    assert method_variant("homer-shared") == "shared"
+    assert all(m.variant in VARIANTS for m in METHODS.values())
