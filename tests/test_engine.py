@@ -142,6 +142,19 @@ def test_every_layer_has_the_final_length_and_affixes_survive(
     assert cache.num_layers == model.config.num_hidden_layers
 
 
+def record_merges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """A list that every later merge appends its (left, right) child lengths to."""
+    merges: list[tuple[int, int]] = []
+    real_merge = homer.tree.merge_nodes
+
+    def merge_spy(left: Any, right: Any, prefix_len: int, suffix_len: int) -> Any:
+        merges.append((left.length, right.length))
+        return real_merge(left, right, prefix_len, suffix_len)
+
+    monkeypatch.setattr(homer.tree, "merge_nodes", merge_spy)
+    return merges
+
+
 @pytest.mark.parametrize("budget", ["halves", "shared"])
 def test_each_node_drops_exactly_down_to_its_target(
     tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, budget: str
@@ -150,9 +163,8 @@ def test_each_node_drops_exactly_down_to_its_target(
     split their room unevenly, but every merged node still holds exactly what halves give."""
     model, tokenizer = tiny
     seen: list[tuple[int, int]] = []
-    merges: list[tuple[int, int]] = []
+    merges = record_merges(monkeypatch)
     real_apply_keep = homer.tree.apply_keep
-    real_merge = homer.tree.merge_nodes
 
     def spy(node: Any, keep: torch.Tensor) -> Any:
         out = real_apply_keep(node, keep)
@@ -161,12 +173,7 @@ def test_each_node_drops_exactly_down_to_its_target(
         assert {k.shape[2] for k in out.keys} == {out.length}
         return out
 
-    def merge_spy(left: Any, right: Any, prefix_len: int, suffix_len: int) -> Any:
-        merges.append((left.length, right.length))
-        return real_merge(left, right, prefix_len, suffix_len)
-
     monkeypatch.setattr(homer.tree, "apply_keep", spy)
-    monkeypatch.setattr(homer.tree, "merge_nodes", merge_spy)
     config = HomerConfig(max_chunk_len=128, target_len=90, sibling_budget=budget)  # type: ignore[arg-type]
     cache = compress(model, tokenizer, TEXT[:3000], config)
     p, s = cache.info.prefix_tokens, cache.info.suffix_tokens
@@ -484,14 +491,7 @@ def test_shared_budgets_give_a_chunk_of_facts_the_room_of_a_chunk_of_filler(
     affixes = len(encode(tokenizer, template.prefix())) + len(encode(tokenizer, template.suffix()))
     half = 256 - affixes - 4  # a slice of each, so that each leaf holds one of them
     text = encode_and_cut(tokenizer, filler, half) + encode_and_cut(tokenizer, facts, half)
-    merges: list[tuple[int, int]] = []
-    real_merge = homer.tree.merge_nodes
-
-    def merge_spy(left: Any, right: Any, prefix_len: int, suffix_len: int) -> Any:
-        merges.append((left.length, right.length))
-        return real_merge(left, right, prefix_len, suffix_len)
-
-    monkeypatch.setattr(homer.tree, "merge_nodes", merge_spy)
+    merges = record_merges(monkeypatch)
 
     def root_children(budget: str) -> tuple[int, int]:
         merges.clear()
