@@ -92,6 +92,18 @@ class _Scored:
     own: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _Memoised:
+    """A finished subtree and the word id of its first document token when it was computed.
+
+    Its nodes carry word ids numbered over that whole document; an edit before the subtree that
+    keeps the tokens but not the words (" 12" for " 1 2") renumbers them, so a reuse shifts them
+    by the difference."""
+
+    scored: _Scored
+    first_word: int
+
+
 class SubtreeMemo:
     """Finished subtrees keyed by their exact input, for many compressions of similar documents.
 
@@ -103,11 +115,11 @@ class SubtreeMemo:
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._nodes: OrderedDict[str, _Scored] = OrderedDict()
+        self._nodes: OrderedDict[str, _Memoised] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> _Scored | None:
+    def get(self, key: str) -> _Memoised | None:
         node = self._nodes.get(key)
         if node is None:
             self.misses += 1
@@ -116,11 +128,19 @@ class SubtreeMemo:
         self.hits += 1
         return node
 
-    def put(self, key: str, node: _Scored) -> None:
+    def put(self, key: str, node: _Memoised) -> None:
         self._nodes[key] = node
         self._nodes.move_to_end(key)
         while len(self._nodes) > self.capacity:
             self._nodes.popitem(last=False)
+
+
+def _renumbered(node: NodeState, shift: int) -> NodeState:
+    """`node` with its document words' ids moved by `shift` (the prompt's -1 stay)."""
+    if shift == 0:
+        return node
+    words = node.word_ids
+    return dataclasses.replace(node, word_ids=torch.where(words >= 0, words + shift, words))
 
 
 def _per_token(table: torch.Tensor, words: torch.Tensor, fill: float | bool) -> torch.Tensor:
@@ -320,10 +340,14 @@ class TreeRunner:
         self._report("leaf", 0)
         return scored
 
-    def _memo_key(self, first: int, level: int, inputs: TreeInputs) -> str:
+    def _span(self, first: int, level: int) -> tuple[int, int]:
+        """Document tokens `[start, stop)` of the subtree of `2**level` leaves from leaf `first`."""
         lengths = self.plan.slice_lengths()
         start = sum(lengths[:first])
-        stop = start + sum(lengths[first : first + 2**level])
+        return start, start + sum(lengths[first : first + 2**level])
+
+    def _memo_key(self, first: int, level: int, inputs: TreeInputs) -> str:
+        start, stop = self._span(first, level)
         digest = hashlib.sha256()
         parts = [inputs.prefix, inputs.context[start:stop], inputs.suffix]
         if stop > start:
@@ -345,14 +369,16 @@ class TreeRunner:
         if self.memo is None:
             return self._compute_subtree(first, level, inputs)
         key = self._memo_key(first, level, inputs)
+        start, stop = self._span(first, level)
+        first_word = int(inputs.context_words[start]) if stop > start else 0
         found = self.memo.get(key)
         if found is not None:
-            scored = dataclasses.replace(found, node=self._track(found.node))
+            node = self._track(_renumbered(found.scored.node, first_word - found.first_word))
             self._done += 2 ** (level + 1) - 2  # the subtree's other nodes count as done too
             self._report("leaf" if level == 0 else "merge", level)
-            return scored
+            return dataclasses.replace(found.scored, node=node)
         scored = self._compute_subtree(first, level, inputs)
-        self.memo.put(key, scored)
+        self.memo.put(key, _Memoised(scored, first_word))
         return scored
 
     def _compute_subtree(self, first: int, level: int, inputs: TreeInputs) -> _Scored:

@@ -373,6 +373,28 @@ def test_memo_reuses_unchanged_subtrees_bit_for_bit(
     torch.testing.assert_close(with_memo.last_logits, fresh.last_logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("budget", ["halves", "shared"])
+def test_memo_reuses_a_subtree_whose_words_moved(model_dirs: dict[str, Path], budget: str) -> None:
+    """An edit in the first chunk that keeps its tokens but not its words (" 12" is one word
+    of two tokens, " 1 2" two words) renumbers every later word; reused subtrees must look
+    their words up under the new numbers (a stale number read another word's rarity, or ran
+    off the end of the table)."""
+    from homer.tree import SubtreeMemo
+
+    model, tokenizer = load(model_dirs["llama"], "sdpa")
+    config = HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
+    text = "Then 12 and " + TEXT[:3000] + " The code is 4719 ."
+    edited = "Then 1 2 and " + TEXT[:3000] + " The code is 4719 ."
+    assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
+    memo = SubtreeMemo()
+    compress(model, tokenizer, text, config, memo=memo)
+    with_memo = compress(model, tokenizer, edited, config, memo=memo)
+    fresh = compress(model, tokenizer, edited, config)
+    assert memo.hits >= 1
+    assert torch.equal(with_memo.token_ids, fresh.token_ids)
+    assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
+
+
 @pytest.mark.parametrize("attn", ATTNS)
 def test_position_mask_forbids_only_keys_from_the_future(
     model_dirs: dict[str, Path], attn: str
