@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,14 +32,19 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ATTENTION_NAME = "homer_capture"
 
 
+#: Model class -> the keyword its `forward` takes the kv-cache under (see `cache_kwargs`).
+_CACHE_KEYWORD: dict[type, str] = {}
+
+
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
     """`cache` as the keyword `model.forward` takes it: `cache=` in transformers releases that
     renamed it (5.2x; the old name warns on every call and goes in 5.40), `past_key_values=`
     before."""
-    import inspect
-
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    cls = type(model)
+    if cls not in _CACHE_KEYWORD:  # read once per class: this runs on every decoded token
+        parameters = inspect.signature(cls.forward).parameters
+        _CACHE_KEYWORD[cls] = "cache" if "cache" in parameters else "past_key_values"
+    return {_CACHE_KEYWORD[cls]: cache}
 
 
 def output_cache(output: Any) -> Any:

@@ -346,8 +346,8 @@ class TreeRunner:
         start = sum(lengths[:first])
         return start, start + sum(lengths[first : first + 2**level])
 
-    def _memo_key(self, first: int, level: int, inputs: TreeInputs) -> str:
-        start, stop = self._span(first, level)
+    def _memo_key(self, start: int, stop: int, level: int, inputs: TreeInputs) -> str:
+        """The subtree over document tokens `[start, stop)` at `level`, as one digest."""
         digest = hashlib.sha256()
         parts = [inputs.prefix, inputs.context[start:stop], inputs.suffix]
         if stop > start:
@@ -368,8 +368,8 @@ class TreeRunner:
     def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Scored:
         if self.memo is None:
             return self._compute_subtree(first, level, inputs)
-        key = self._memo_key(first, level, inputs)
         start, stop = self._span(first, level)
+        key = self._memo_key(start, stop, level, inputs)
         first_word = int(inputs.context_words[start]) if stop > start else 0
         found = self.memo.get(key)
         if found is not None:
