@@ -86,6 +86,16 @@ def load(model: str | None = None, dtype: str | None = None, **overrides: Any) -
     return loaded, tokenizer
 
 
+def load_tokenizer() -> Any:
+    """The embedded model's tokenizer alone (converting the model once if need be), for work
+    that only counts or cuts tokens."""
+    from transformers import AutoTokenizer
+
+    from homer.models import ensure_embedded_converted
+
+    return AutoTokenizer.from_pretrained(str(ensure_embedded_converted()))
+
+
 def reload_with(model: Any, **overrides: Any) -> Any:
     """A copy of `model` whose config has `overrides` (sharing no state with the original)."""
     import copy
@@ -189,23 +199,47 @@ def natural_prose(kind: str = "mixed") -> str:
     - `"bible"` (about 60k tokens): 1 and 2 Samuel in the King James Version, a chapter per
       paragraph: clean narrative prose with many names.
     """
+    return "\n\n".join(text for _, text in prose_parts(kind))
+
+
+def prose_parts(kind: str) -> list[tuple[str, str]]:
+    """The texts `natural_prose(kind)` joins with a paragraph break, each named for its source
+    (`"article"`, `"milton"`, `"bible"`), so a character offset tells which text it falls in."""
     import re
 
     if kind not in PROSE_KINDS:
         raise ValueError(f"prose must be one of {PROSE_KINDS}, got {kind!r}")
     if kind == "bible":
-        return "\n\n".join(kjv_books(9, 10))
-    parts = (
+        return [("bible", "\n\n".join(kjv_books(9, 10)))]
+    sources = (
         []
         if kind == "clean"
-        else [(ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8")]
+        else [
+            (
+                "article",
+                (ROOT / "examples" / "shakespeare-britannica-1911.txt").read_text(encoding="utf-8"),
+            )
+        ]
     )
     milton = shakespeare_package_dir() / "miltondata" / "texts" / "areopagitica_gut.txt"
-    parts.append(gutenberg_body(milton.read_text(encoding="utf-8", errors="replace")))
-    paragraphs = []
-    for part in parts:
-        for para in re.split(r"\n\s*\n", part):
+    sources.append(("milton", gutenberg_body(milton.read_text(encoding="utf-8", errors="replace"))))
+    parts = []
+    for name, raw in sources:
+        paragraphs = []
+        for para in re.split(r"\n\s*\n", raw):
             flat = re.sub(r"\s+", " ", para).strip()
             if len(flat) > 80:
                 paragraphs.append(flat)
-    return "\n\n".join(paragraphs)
+        parts.append((name, "\n\n".join(paragraphs)))
+    return parts
+
+
+def source_at(parts: list[tuple[str, str]], offset: int) -> str:
+    """The name of the part of `parts` (joined as `natural_prose` joins them) holding character
+    `offset`; the break between two parts counts with the first."""
+    end = 0
+    for name, text in parts:
+        end += len(text) + 2
+        if offset < end:
+            return name
+    return parts[-1][0]

@@ -25,7 +25,10 @@ what the model loses by reading more text at once.
 by Milton (about 24k tokens, so lengths up to 16k or so); `--prose bible` uses 1 and 2 Samuel in
 the King James Version (clean narrative prose dense in names, about 60k tokens).
 `--combine NAME ...` pools saved runs: answer rates with 95% Wilson intervals, and each rule
-against each baseline on the same needles.
+against each baseline on the same needles; `--by-source` splits each length by the text a needle
+sits in (in the mixed haystack: the OCR'd article or Milton). Records carry that `source`; for
+runs saved before it, the haystack is rebuilt from the run's command line to place the needles
+again.
 
 Rules (`--methods`): any variant in `benchmarks.variants` (the library default with a few
 fields changed), or one of the two attribution rules at the end of this list:
@@ -61,9 +64,12 @@ from benchmarks.common import (
     RESULTS,
     environment,
     load,
+    load_tokenizer,
     markdown_table,
     natural_prose,
+    prose_parts,
     save_figure,
+    source_at,
     write_json,
 )
 from benchmarks.variants import homer_config
@@ -111,10 +117,20 @@ def answered(key: str, reply: str) -> bool:
     return re.search(rf"(?<![0-9A-Za-z]){re.escape(key)}(?![0-9A-Za-z])", reply) is not None
 
 
+def needle_offset(hay: str, depth: float) -> int:
+    """Where `insert` puts a needle at `depth`: just after the first sentence end from there."""
+    return hay.find(". ", int(len(hay) * depth)) + 1 or len(hay)
+
+
 def insert(hay: str, sentence: str, depth: float) -> str:
     """`sentence` after the sentence end nearest to `depth` of the text."""
-    cut = hay.find(". ", int(len(hay) * depth)) + 1 or len(hay)
+    cut = needle_offset(hay, depth)
     return hay[:cut] + " " + sentence + hay[cut:]
+
+
+def needle_depths(count: int) -> list[float]:
+    """`count` depths spread evenly from 5% to 95% of the haystack."""
+    return [0.05 + 0.9 * i / max(1, count - 1) for i in range(count)]
 
 
 #: Baselines in which the plain model reads an excerpt in one exact prefill (no pruning).
@@ -221,21 +237,35 @@ def main() -> None:
         help="pool the saved runs results/<NAME>.json (say, one per seed): answer rates with 95%% "
         "intervals, and each rule against each baseline on the same needles; then exit",
     )
+    parser.add_argument(
+        "--by-source",
+        action="store_true",
+        help="with --combine: split each length by the text the needle sits in (the OCR'd "
+        "article or Milton in the mixed haystack)",
+    )
     args = parser.parse_args()
     if args.rescore:
         print(rescore(args.name))
         return
     if args.combine:
         pooled: list[dict[str, Any]] = []
+        tokenizer = None
         for run in args.combine:
-            pooled += needle_sets(json.loads((RESULTS / f"{run}.json").read_text())["records"])
-        print(pooled_table(pooled))
+            saved = json.loads((RESULTS / f"{run}.json").read_text())
+            prose = run_prose(saved["environment"]["command"])
+            records = [r | {"prose": prose} for r in needle_sets(saved["records"])]
+            if args.by_source and any("source" not in r for r in records):
+                tokenizer = tokenizer or load_tokenizer()
+                tag_sources(records, prose_parts(prose), tokenizer)
+            pooled += records
+        print(pooled_table(pooled, by_source=args.by_source))
         return
 
     from homer import compress, generate
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load()
+    parts = prose_parts(args.prose)
     prose = natural_prose(args.prose)
     records: list[dict[str, Any]] = []
     histograms: dict[str, list[float]] = {}
@@ -293,6 +323,7 @@ def main() -> None:
                     "method": baseline,
                     "length": length,
                     "depth": round(depth, 3),
+                    "source": source_at(parts, needle_offset(hay, depth)),
                     "key": needle.key,
                     "survived": needle.key in str(tokenizer.decode(cache.token_ids)),
                     "answer": reply,
@@ -307,7 +338,7 @@ def main() -> None:
         hay = haystack(tokenizer, prose, length)
         rng = random.Random(args.seed * 1000 + length)
         needles = [make_needle(rng, i) for i in range(args.needles)]
-        depths = [0.05 + 0.9 * i / max(1, args.needles - 1) for i in range(args.needles)]
+        depths = needle_depths(args.needles)
         for name in args.methods:
             config, calibration = rule(name, model, tokenizer)
             memo = SubtreeMemo(capacity=24)
@@ -324,6 +355,7 @@ def main() -> None:
                         "method": name,
                         "length": length,
                         "depth": round(depth, 3),
+                        "source": source_at(parts, needle_offset(hay, depth)),
                         "key": needle.key,
                         "survived": survived,
                         "sentence_kept": needle.sentence in kept_text,
@@ -404,22 +436,27 @@ def needle_sets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r | {"needles": sets[r["length"]]} for r in records]
 
 
-def pooled_table(records: list[dict[str, Any]]) -> str:
+def pooled_table(records: list[dict[str, Any]], by_source: bool = False) -> str:
     """Answer rates of several runs pooled per rule and length, with 95% Wilson intervals, and
     every rule against every plain baseline and every other rule on the very same needles (a
-    needle is its length, needle set (`needle_sets`), depth and key, so a baseline saved in
-    another run of the same seed pairs too): how often only one of the two was right."""
-    by_rule: dict[tuple[str, int], dict[tuple[Any, ...], bool]] = {}
+    needle is its haystack (a record's `prose`), length, needle set (`needle_sets`), depth and
+    key, so a baseline saved in another run of the same seed and haystack pairs too, and the same
+    seed's needles in two haystacks stay apart): how often only one of the two was right.
+
+    With `by_source`, each length is split further by the text a needle sits in (a record's
+    `source`, say the article or Milton in the mixed haystack), and rules pair within it."""
+    by_rule: dict[tuple[str, int, str], dict[tuple[Any, ...], bool]] = {}
     for r in records:
         if r.get("correct") is not None:
-            needle = (r.get("needles"), r["depth"], r["key"])
-            by_rule.setdefault((r["method"], r["length"]), {})[needle] = bool(r["correct"])
-    methods = list(dict.fromkeys(method for method, _ in by_rule))
-    lengths = list(dict.fromkeys(length for _, length in by_rule))
+            needle = (r.get("prose"), r.get("needles"), r["depth"], r["key"])
+            group = str(r.get("source", "?")) if by_source else ""
+            by_rule.setdefault((r["method"], r["length"], group), {})[needle] = bool(r["correct"])
+    methods = list(dict.fromkeys(method for method, _, _ in by_rule))
+    cells = list(dict.fromkeys((length, group) for _, length, group in by_rule))
     rows = []
-    for length in lengths:
+    for length, group in cells:
         for name in methods:
-            mine = by_rule.get((name, length))
+            mine = by_rule.get((name, length, group))
             if not mine:
                 continue
             right = sum(mine.values())
@@ -427,7 +464,7 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
             versus = []
             if name not in PLAIN_BASELINES:
                 for other in methods:
-                    theirs = by_rule.get((other, length), {})
+                    theirs = by_rule.get((other, length, group), {})
                     both = mine.keys() & theirs.keys()
                     if other != name and both:
                         only_mine = sum(mine[k] and not theirs[k] for k in both)
@@ -436,7 +473,7 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
             rows.append(
                 [
                     name,
-                    f"{length // 1000}k",
+                    f"{length // 1000}k" + (f", {group}" if group else ""),
                     f"{right / len(mine):.0%} ({right}/{len(mine)})",
                     f"{low:.0%}-{high:.0%}",
                     "; ".join(versus) or "-",
@@ -446,6 +483,32 @@ def pooled_table(records: list[dict[str, Any]]) -> str:
         ["rule", "length", "answer right", "95% interval", "only this right vs only the other"],
         rows,
     )
+
+
+def run_prose(command: str) -> str:
+    """The `--prose` kind a saved run's command line used (`mixed` when it named none)."""
+    words = command.split()
+    return words[words.index("--prose") + 1] if "--prose" in words else "mixed"
+
+
+def tag_sources(
+    records: list[dict[str, Any]], parts: list[tuple[str, str]], tokenizer: Any
+) -> None:
+    """Give each record of one run a `source` (which text of the haystack its needle sits in),
+    where the run predates the field: the haystack is rebuilt and the needle placed again at
+    its depth, as `main` placed it (the saved depths are rounded; the exact ones are recovered
+    from the number of needles per length). `parts` are the run's `prose_parts`."""
+    text = "\n\n".join(body for _, body in parts)
+    for length in dict.fromkeys(r["length"] for r in records):
+        rows = [r for r in records if r["length"] == length and "source" not in r]
+        if not rows:
+            continue
+        hay = haystack(tokenizer, text, length)
+        first = rows[0]["method"]
+        count = sum(r["method"] == first for r in records if r["length"] == length)
+        exact = {round(d, 3): d for d in needle_depths(count)}
+        for r in rows:
+            r["source"] = source_at(parts, needle_offset(hay, exact[r["depth"]]))
 
 
 def rescore(name: str) -> str:

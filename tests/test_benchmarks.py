@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.needles import answered, needle_sets, pooled_table, wilson
+from benchmarks.common import source_at
+from benchmarks.needles import (
+    answered,
+    insert,
+    needle_depths,
+    needle_sets,
+    pooled_table,
+    run_prose,
+    tag_sources,
+    wilson,
+)
 
 
 def test_an_answer_counts_only_when_it_states_the_whole_key() -> None:
@@ -61,6 +71,83 @@ def test_the_same_key_at_the_same_depth_under_two_seeds_is_two_needles() -> None
     rows = pooled_table(needle_sets(seed_a) + needle_sets(seed_b)).splitlines()
     assert rows[2].startswith("| default | 16k | 25% (1/4) |")
     assert "one-chunk: 1 vs 1 of 2" in rows[2]
+
+
+class _Chars:
+    """A tokenizer with one token per character, enough for `haystack`."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+
+def test_a_needle_is_tagged_with_the_text_it_was_inserted_into() -> None:
+    article = " ".join(f"Fact {i} of the article." for i in range(40))
+    milton = " ".join(f"Line {i} of the poem." for i in range(40))
+    parts = [("article", article), ("milton", milton)]
+    assert source_at(parts, 0) == "article"
+    assert source_at(parts, len(article) + 1) == "article"  # the paragraph break
+    assert source_at(parts, len(article) + 2) == "milton"
+    length = len(article) + 2 + len(milton) // 2
+    depths = needle_depths(5)
+    records = [{"method": "default", "length": length, "depth": round(d, 3)} for d in depths]
+    tag_sources(records, parts, _Chars())
+    hay = "\n\n".join([article, milton])[:length]
+    hay = hay[: hay.rfind(". ") + 1]
+    for record, depth in zip(records, depths, strict=True):
+        placed = insert(hay, "NEEDLE.", depth).index("NEEDLE.")
+        assert record["source"] == ("article" if placed < len(article) else "milton")
+    assert {r["source"] for r in records} == {"article", "milton"}
+
+
+def test_pooled_table_by_source_pairs_needles_only_within_one_text() -> None:
+    def record(method: str, key: str, source: str, correct: bool) -> dict[str, object]:
+        return {
+            "method": method,
+            "length": 16000,
+            "key": key,
+            "depth": 0.5,
+            "source": source,
+            "correct": correct,
+        }
+
+    records = [
+        record("default", "a", "article", False),
+        record("default", "b", "milton", True),
+        record("one-chunk", "a", "article", True),
+        record("one-chunk", "b", "milton", True),
+    ]
+    rows = pooled_table(records, by_source=True).splitlines()
+    assert rows[2].startswith("| default | 16k, article | 0% (0/1) |")
+    assert "one-chunk: 0 vs 1 of 1" in rows[2]
+    assert rows[4].startswith("| default | 16k, milton | 100% (1/1) |")
+    assert "one-chunk: 0 vs 0 of 1" in rows[4]
+    assert pooled_table(records).splitlines()[2].startswith("| default | 16k | 50% (1/2) |")
+
+
+def test_the_same_seeds_needles_in_two_haystacks_are_two_needles() -> None:
+    def record(prose: str, method: str, correct: bool) -> dict[str, object]:
+        return {
+            "method": method,
+            "length": 16000,
+            "key": "12345",
+            "depth": 0.5,
+            "prose": prose,
+            "correct": correct,
+        }
+
+    records = [record("mixed", "default", True), record("bible", "default", False)]
+    records += [record("mixed", "one-chunk", False), record("bible", "one-chunk", True)]
+    rows = pooled_table(records).splitlines()
+    assert rows[2].startswith("| default | 16k | 50% (1/2) |")
+    assert "one-chunk: 1 vs 1 of 2" in rows[2]
+
+
+def test_a_saved_runs_prose_comes_from_its_command_line() -> None:
+    assert run_prose("python needles.py --lengths 16000 --prose bible --name x") == "bible"
+    assert run_prose("python needles.py --lengths 16000") == "mixed"
 
 
 def test_every_variant_is_the_default_with_its_own_fields_changed() -> None:
