@@ -14,6 +14,8 @@ book before it, `book[:L]`; every method sees the same tokens. The book is Milto
 - `homer`: a query-agnostic HOMER cache of `book[:L]` (default settings: 4,096 tokens) with an
   empty prefix and an empty suffix, then the segment fed after it at positions
   `last_position + 1, ...`.
+- `homer-paper`: the same with the paper's token reduction (`HomerConfig(reduction="paper")`:
+  single tokens, no rarity prior, no runs), the rule issue 6's default replaced.
 - `homer-paper-positions`: the same with `HomerConfig(positions="paper")` (the final cache keeps
   the positions the merges left instead of `0 .. T-1`).
 - `homer-shared`: the same with `HomerConfig(sibling_budget="shared")` (siblings split their
@@ -57,6 +59,7 @@ METHODS = [
     "ntk",
     "yarn",
     "homer",
+    "homer-paper",
     "homer-paper-positions",
     "homer-shared",
     "homer+ntk",
