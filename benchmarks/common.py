@@ -199,7 +199,16 @@ def natural_prose(kind: str = "mixed") -> str:
     - `"bible"` (about 60k tokens): 1 and 2 Samuel in the King James Version, a chapter per
       paragraph: clean narrative prose with many names.
     """
-    return "\n\n".join(text for _, text in prose_parts(kind))
+    return joined_parts(prose_parts(kind))
+
+
+#: What `natural_prose` puts between the texts of `prose_parts` (a paragraph break).
+PART_BREAK = "\n\n"
+
+
+def joined_parts(parts: list[tuple[str, str]]) -> str:
+    """The texts of `prose_parts` as one haystack, as `natural_prose` gives it."""
+    return PART_BREAK.join(text for _, text in parts)
 
 
 def prose_parts(kind: str) -> list[tuple[str, str]]:
@@ -235,11 +244,11 @@ def prose_parts(kind: str) -> list[tuple[str, str]]:
 
 
 def source_at(parts: list[tuple[str, str]], offset: int) -> str:
-    """The name of the part of `parts` (joined as `natural_prose` joins them) holding character
-    `offset`; the break between two parts counts with the first."""
+    """The name of the part of `parts` holding character `offset` of `joined_parts(parts)`; the
+    break between two parts counts with the first."""
     end = 0
     for name, text in parts:
-        end += len(text) + 2
+        end += len(text) + len(PART_BREAK)
         if offset < end:
             return name
     return parts[-1][0]

@@ -63,10 +63,10 @@ from benchmarks.common import (
     PROSE_KINDS,
     RESULTS,
     environment,
+    joined_parts,
     load,
     load_tokenizer,
     markdown_table,
-    natural_prose,
     prose_parts,
     save_figure,
     source_at,
@@ -266,7 +266,7 @@ def main() -> None:
 
     model, tokenizer = load()
     parts = prose_parts(args.prose)
-    prose = natural_prose(args.prose)
+    prose = joined_parts(parts)
     records: list[dict[str, Any]] = []
     histograms: dict[str, list[float]] = {}
 
@@ -498,7 +498,7 @@ def tag_sources(
     where the run predates the field: the haystack is rebuilt and the needle placed again at
     its depth, as `main` placed it (the saved depths are rounded; the exact ones are recovered
     from the number of needles per length). `parts` are the run's `prose_parts`."""
-    text = "\n\n".join(body for _, body in parts)
+    text = joined_parts(parts)
     for length in dict.fromkeys(r["length"] for r in records):
         rows = [r for r in records if r["length"] == length and "source" not in r]
         if not rows:
