@@ -1,12 +1,18 @@
 """homer: read documents far longer than a model's context window.
 
 HOMER (Hierarchical cOntext MERging; Song et al., ICLR 2024, arXiv 2404.10308) compresses a long
-document into a fixed-length kv-cache that later prompts continue from. The public API:
+document into a fixed-length kv-cache that later prompts continue from. The public API, from the
+use-cases down:
 
-    from homer import HomerConfig, HomerCache, compress, calibrate, generate
-    cache = compress(model, tokenizer, text, config=HomerConfig(), focus=None)
-    for piece in generate(model, tokenizer, cache, "Who betrays the captain?"):
+    import homer
+    model = homer.load_model()                   # the embedded model, or a ModelChoice
+    done = homer.ingest("book.pdf", model)       # compressed and saved (or reused) in the store
+    opened = homer.open_cache(model, done.name)
+    for piece in homer.ask(model, opened.cache, "Who betrays the captain?"):
         ...
+
+    # the engine alone, no store: compress(model, tokenizer, text, HomerConfig()) -> HomerCache,
+    # generate(model, tokenizer, cache, question) -> a stream of text
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ _EXPORTS = {
     "GenerationStream": "homer.generation",
     "generate": "homer.generation",
     "ProgressEvent": "homer.tree",
+    "CacheExistsError": "homer.service",
+    "Ingested": "homer.service",
+    "LoadedModel": "homer.service",
+    "ModelChoice": "homer.service",
+    "OpenedCache": "homer.service",
+    "Sampling": "homer.service",
+    "ask": "homer.service",
+    "ingest": "homer.service",
+    "load_model": "homer.service",
+    "open_cache": "homer.service",
+    "Store": "homer.store",
+    "CacheRecord": "homer.store",
 }
 
 if TYPE_CHECKING:
@@ -50,6 +68,19 @@ if TYPE_CHECKING:
         UnsupportedModelError,
     )
     from homer.generation import GenerationStats, GenerationStream, generate
+    from homer.service import (
+        CacheExistsError,
+        Ingested,
+        LoadedModel,
+        ModelChoice,
+        OpenedCache,
+        Sampling,
+        ask,
+        ingest,
+        load_model,
+        open_cache,
+    )
+    from homer.store import CacheRecord, Store
     from homer.tree import ProgressEvent
 
 
@@ -62,8 +93,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CacheError",
+    "CacheExistsError",
     "CacheInfo",
     "CacheMismatchError",
+    "CacheRecord",
     "Calibration",
     "DocumentError",
     "GenerationStats",
@@ -71,12 +104,22 @@ __all__ = [
     "HomerCache",
     "HomerConfig",
     "HomerError",
+    "Ingested",
+    "LoadedModel",
+    "ModelChoice",
     "ModelLoadError",
+    "OpenedCache",
     "ProgressEvent",
     "ResolvedConfig",
+    "Sampling",
+    "Store",
     "UnsupportedModelError",
+    "ask",
     "calibrate",
     "compress",
     "generate",
+    "ingest",
+    "load_model",
+    "open_cache",
 ]
 __version__ = "0.1.0"

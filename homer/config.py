@@ -165,6 +165,10 @@ class HomerConfig:
                 f"sibling_budget must be 'halves', 'shared' or None, got {self.sibling_budget!r}"
             )
 
+    def key_settings(self) -> dict[str, Any]:
+        """The settings as the store's content key and metadata record them (JSON-able)."""
+        return dataclasses.asdict(self)
+
     def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:
         """Concrete sizes for a model with `num_layers` decoder layers and a `window`-token context.
 

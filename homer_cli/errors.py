@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import typer
 
 from homer.errors import HomerError
+from homer.service import StoreEmptyError
 
 #: Exit codes.
 EXIT_USER_ERROR = 1
@@ -104,6 +105,9 @@ def user_errors(
             raise
         if _is_out_of_memory(exc):
             say(_memory_advice(max_chunk_option, hint_max_chunk))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        if isinstance(exc, StoreEmptyError):
+            say("no saved caches yet; run `homer ingest FILE` first")
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, HomerError):
             say(_one_line(exc))

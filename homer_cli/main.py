@@ -26,7 +26,7 @@ import typer
 from homer_cli.errors import debug_enabled, say, user_errors
 
 if TYPE_CHECKING:
-    from homer.store import CacheRecord, Store
+    from homer.service import LoadedModel
 
 app = typer.Typer(
     name="homer",
@@ -162,9 +162,11 @@ def _read_stdin_text(what: str) -> str:
 
 def _load_model(
     name: str | None, device: str | None, dtype: str | None, trust_remote_code: bool
-) -> tuple[Any, Any]:
-    from homer.models import embedded_model_dir, is_embedded, load_model, resolve_model_name
+) -> LoadedModel:
+    from homer.models import embedded_model_dir, is_embedded, resolve_model_name
+    from homer.service import ModelChoice, load_model
 
+    choice = ModelChoice(name=name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if _stderr_is_tty():
         from rich.console import Console
 
@@ -174,19 +176,8 @@ def _load_model(
             message = f"converting {resolved} to safetensors (once; about a minute)…"
         console = Console(stderr=True)
         with console.status(message):
-            return load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    return load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-
-
-def _pick_record(store: Store, name: str | None) -> CacheRecord:
-    from homer.errors import CacheError
-
-    if name is not None:
-        return store.record(name)
-    record = store.latest()
-    if record is None:
-        raise CacheError("no saved caches yet; run `homer ingest FILE` first")
-    return record
+            return load_model(choice)
+    return load_model(choice)
 
 
 def _human_bytes(size: float) -> str:
@@ -295,7 +286,7 @@ def ingest(
     """
     with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
         from homer.config import HomerConfig
-        from homer.store import Store, validate_name
+        from homer.store import validate_name
 
         if name is not None:
             validate_name(name)
@@ -308,73 +299,46 @@ def ingest(
         from homer.documents import load_document
 
         document = load_document(path, password=password)
-        loaded_model, tokenizer = _load_model(model, device, dtype, trust_remote_code)
+        loaded = _load_model(model, device, dtype, trust_remote_code)
 
-        from homer.fingerprint import model_fingerprint, tokenizer_fingerprint
-        from homer.models import model_id
-        from homer.store import content_key, derive_name
+        from homer.service import CacheExistsError
+        from homer.service import ingest as ingest_document
 
-        model_fp = model_fingerprint(loaded_model)
-        tokenizer_fp = tokenizer_fingerprint(tokenizer)
-        settings = dataclasses.asdict(config)
-        key = content_key(
-            document_sha256=document.sha256,
-            model_fingerprint=model_fp,
-            tokenizer_fingerprint=tokenizer_fp,
-            settings=settings,
-            focus=focus,
-        )
-        store = Store()
-        target = name or derive_name(document.source, key)
-        with store.ingest_lock(key, on_wait=_waiting_for_ingest):
-            reused = None if force else _reuse(store, key, target, explicit_name=name is not None)
-            if reused is not None:
-                _notice(
-                    f"reusing the saved cache {reused!r} (same document, model and settings; "
-                    "--force recomputes)"
-                )
-                typer.echo(reused)
-                return
-            overwrite = force
-            if store.exists(target) and not force:
-                existing = store.record(target)
-                raise typer.BadParameter(
-                    f"a cache named {target!r} already exists (from {existing.source!r}); "
-                    "choose another --name, or pass --force to replace it",
-                    param_hint="--name",
-                )
-            from homer import compress
-
-            started = time.perf_counter()
+        try:
             if _stderr_is_tty():
                 with _ProgressBars() as bars:
-                    cache = compress(
-                        loaded_model,
-                        tokenizer,
-                        document.text,
+                    done = ingest_document(
+                        document,
+                        loaded,
+                        name=name,
                         config=config,
                         focus=focus,
+                        force=force,
                         progress=bars,
+                        on_wait=_waiting_for_ingest,
                     )
             else:
-                cache = compress(loaded_model, tokenizer, document.text, config=config, focus=focus)
-            elapsed = time.perf_counter() - started
-            store.save(
-                cache,
-                name=target,
-                key=key,
-                model_id=model_id(loaded_model),
-                model_fingerprint=model_fp,
-                tokenizer_fingerprint=tokenizer_fp,
-                document_sha256=document.sha256,
-                source=document.source,
-                kind=document.kind,
-                page_map=document.page_map,
-                settings=settings,
-                overwrite=overwrite,
-                extra={"compress_seconds": round(elapsed, 3), "device": str(cache.device)},
+                done = ingest_document(
+                    document,
+                    loaded,
+                    name=name,
+                    config=config,
+                    focus=focus,
+                    force=force,
+                    on_wait=_waiting_for_ingest,
+                )
+        except CacheExistsError as exc:
+            raise typer.BadParameter(
+                f"a cache named {exc.name!r} already exists (from {exc.source!r}); "
+                "choose another --name, or pass --force to replace it",
+                param_hint="--name",
+            ) from None
+        if done.reused:
+            _notice(
+                f"reusing the saved cache {done.name!r} (same document, model and settings; "
+                "--force recomputes)"
             )
-        typer.echo(target)
+        typer.echo(done.name)
 
 
 def _waiting_for_ingest() -> None:
@@ -382,20 +346,6 @@ def _waiting_for_ingest() -> None:
     message = "waiting for another ingest of the same document…"
     logging.getLogger("homer.cli").info(message)
     _notice(message)
-
-
-def _reuse(store: Store, key: str, target: str, *, explicit_name: bool) -> str | None:
-    """The name of a saved cache with content `key` usable as `target`, copying if needed."""
-    if store.exists(target):
-        record = store.record(target)
-        return target if record.key == key else None
-    found = store.find(key)
-    if found is None:
-        return None
-    if not explicit_name:
-        return found.name
-    store.copy(found.name, target)
-    return target
 
 
 def _answer(
@@ -415,37 +365,20 @@ def _answer(
     """Shared body of `ask` and `summarize`."""
     _check_sampling(max_tokens, temperature, top_p)
     _setup_runtime()
+    from homer.service import Sampling, ask, open_cache, pick_record
     from homer.store import Store
 
+    sampling = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     started = time.perf_counter()
     store = Store()
-    record = _pick_record(store, cache_name)
+    record = pick_record(store, cache_name)
     model_name = model or record.model_id
-    loaded_model, tokenizer = _load_model(model_name, device, dtype, trust_remote_code)
+    loaded = _load_model(model_name, device, dtype, trust_remote_code)
     model_loaded = time.perf_counter()
-
-    from homer import generate
-    from homer.fingerprint import model_fingerprint, tokenizer_fingerprint
-
-    cache, record = store.load(
-        record.name,
-        model_fingerprint=model_fingerprint(loaded_model),
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        model_id=model_name,
-        dtype=loaded_model.dtype,
-        device=loaded_model.device,
-    )
+    opened = open_cache(loaded, record.name, store=store)
+    record = opened.record
     cache_loaded = time.perf_counter()
-    stream = generate(
-        loaded_model,
-        tokenizer,
-        cache,
-        question,
-        max_new_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-    )
+    stream = ask(loaded, opened.cache, question, sampling)
     if as_json:
         answer = "".join(stream)
     else:
@@ -644,9 +577,10 @@ def show(
     """
     with user_errors():
         _setup_logging()
+        from homer.service import pick_record
         from homer.store import Store
 
-        record = _pick_record(Store(), name)
+        record = pick_record(Store(), name)
         meta = dict(record.meta)
         meta["path"] = str(record.path)
         meta["size_bytes"] = record.size_bytes
@@ -701,7 +635,8 @@ def calibrate(
         _check_at_least("--max-chunk", max_chunk, 8)
         config = HomerConfig(max_chunk_len=max_chunk)
         _setup_runtime()
-        loaded_model, tokenizer = _load_model(model, device, dtype, trust_remote_code)
+        loaded = _load_model(model, device, dtype, trust_remote_code)
+        loaded_model, tokenizer = loaded.model, loaded.tokenizer
         from homer import calibrate as run_calibration
         from homer.paths import calibration_dir
 
