@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, environment, markdown_table, save_figure, write_json
+from benchmarks.common import ROOT
+from benchmarks.report import markdown_table, pyplot, save_figure, show, write_result
 
 FACT = "The lighthouse keeper's daughter, Elspeth Marrow, kept a green parrot named Captain Bolt."
 QUESTION = "What was the name of the green parrot kept by the lighthouse keeper's daughter?"
@@ -171,11 +172,7 @@ def reread(doc: Path, method: str, env: dict[str, str]) -> dict[str, Any]:
 
 def plot(rows: list[dict[str, Any]], name: str) -> str:
     """Disk size and time to first token against document length; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (disk, ttft) = plt.subplots(1, 2, figsize=(9, 3.4))
     xs = [r["length"] / 1024 for r in rows]
     disk.plot(xs, [r["full_cache_bytes"] / 2**20 for r in rows], "s--", label="full kv-cache")
@@ -247,10 +244,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def save(extra: dict[str, Any] | None = None) -> None:
-        env_record = environment(
-            {"loadavg": [round(x, 2) for x in os.getloadavg()], "model_dtype": str(dtype)}
-        )
-        write_json(args.name, {"environment": env_record, "rows": rows, **(extra or {})})
+        env_record = {"loadavg": [round(x, 2) for x in os.getloadavg()], "model_dtype": str(dtype)}
+        write_result(args.name, {"rows": rows, **(extra or {})}, env_record)
 
     try:
         for length in lengths:
@@ -355,10 +350,7 @@ def main() -> None:
     )
     image = plot(rows, args.name)
     save({"speed_table": speed, "economics_table": economics, "plot": image})
-    print(speed)
-    print()
-    print(economics)
-    print(f"plot: {image}")
+    show(f"{speed}\n\n{economics}", image)
 
 
 if __name__ == "__main__":

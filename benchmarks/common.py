@@ -1,75 +1,17 @@
-"""Shared pieces of the benchmarks: loading the model, recording the environment, writing results.
+"""Shared pieces of the benchmarks: loading the model and the texts they read.
 
-Every result file records the model, the settings, library versions, the machine and the date,
-so a number can always be traced to how it was measured.
+How a benchmark records and prints its results (the environment, result files, tables, figures)
+is `benchmarks.report`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-IMAGES = ROOT / "docs" / "img"
-
-
-def environment(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Versions, machine and date, for the record."""
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **(extra or {}),
-    }
-
-
-def write_json(name: str, data: dict[str, Any]) -> Path:
-    """Write `benchmarks/results/<name>.json` atomically and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def save_figure(fig: Any, filename: str) -> str:
-    """Save a matplotlib figure as `docs/img/<filename>`; return its path relative to the repo."""
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / filename
-    fig.savefig(path, dpi=120)
-    return str(path.relative_to(ROOT))
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def load(model: str | None = None, dtype: str | None = None, **overrides: Any) -> tuple[Any, Any]:

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from benchmarks.books import areopagitica_paragraphs, paradise_lost
-from benchmarks.common import environment, load, markdown_table, save_figure, write_json
+from benchmarks.common import load
+from benchmarks.report import markdown_table, pyplot, save_figure, show, write_result
 
 MAX_NEW = 24
 
@@ -230,11 +231,7 @@ def ask(model: Any, tokenizer: Any, cache: Any, question: str) -> str:
 
 def plot(facts: list[Fact], records: list[dict[str, Any]], methods: list[str], name: str) -> str:
     """Right/wrong per fact against its depth in the document, one row per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     depth = {f.key: f.token_offset for f in facts}
     fig, ax = plt.subplots(figsize=(7.0, 0.6 + 0.55 * (len(methods) + 1)))
     rows = [*methods, "key kept (homer)"]
@@ -283,17 +280,16 @@ def main() -> None:
     summary: dict[str, dict[str, Any]] = {}
 
     def save(extra: dict[str, Any] | None = None) -> None:
-        env = environment({"loadavg": os.getloadavg(), "dtype": str(model.dtype)})
         data = {
-            "environment": env,
             "settings": {**vars(args), "document_tokens": doc_tokens, "max_new_tokens": MAX_NEW},
             "facts": [asdict(f) for f in facts],
             "records": records,
             "summary": summary,
         }
-        write_json(args.name, {**data, **(extra or {})})
+        env = {"loadavg": os.getloadavg(), "dtype": str(model.dtype)}
+        write_result(args.name, {**data, **(extra or {})}, env)
 
-    def show(record: dict[str, Any]) -> None:
+    def print_record(record: dict[str, Any]) -> None:
         mark = "OK " if record["correct"] else "no "
         print(
             f"{record['method']:11s} {record['key']:>12s} {mark} {record['answer']!r}", flush=True
@@ -319,7 +315,7 @@ def main() -> None:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             records.append(record)
-            show(record)
+            print_record(record)
         summary["homer"] = {
             "asked": len(facts),
             "compress_s": round(compress_s, 1),
@@ -335,7 +331,7 @@ def main() -> None:
         trunc, prefill_s, first = run_truncated(model, tokenizer, doc, facts)
         for record in trunc:
             records.append(record)
-            show(record)
+            print_record(record)
         summary["truncated"] = {
             "asked": len(facts),
             "prefill_s": round(prefill_s, 1),
@@ -365,7 +361,7 @@ def main() -> None:
                 "seconds": round(seconds, 2),
             }
             records.append(record)
-            show(record)
+            print_record(record)
             save()
         summary["homer-aware"] = {
             "asked": len(chosen),
@@ -393,8 +389,7 @@ def main() -> None:
     table = markdown_table(["method", "right", "total s", "s / question", "notes"], rows)
     image = plot(facts, records, [m for m in args.methods if m in summary], args.name)
     save({"table": table, "plot": image})
-    print(table)
-    print(f"plot: {image}")
+    show(table, image)
 
 
 if __name__ == "__main__":

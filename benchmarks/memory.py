@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, environment, markdown_table, save_figure, write_json
+from benchmarks.common import ROOT
+from benchmarks.report import markdown_table, pyplot, save_figure, show, write_result
 
 METHODS = ("homer", "full")
 SHAPES = ("smollm2", "tiny-llama", "llama2-7b")
@@ -357,11 +358,7 @@ def calibrate_once(shape: str, device: str, dtype: str | None) -> float:
 
 def plot(records: list[dict[str, Any]], name: str, title: str) -> str:
     """Peak memory and wall time against length, one line per method; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (mem, sec) = plt.subplots(1, 2, figsize=(9, 3.4))
     for method, style in (("homer", "o-"), ("full", "s--")):
         done = [r for r in records if r["method"] == method and r["status"] == "ok"]
@@ -472,14 +469,12 @@ def main() -> None:
     records: list[dict[str, Any]] = []
 
     def env() -> dict[str, Any]:
-        return environment(
-            {
-                "loadavg": [round(x, 2) for x in os.getloadavg()],
-                "shape": args.shape,
-                "device_arg": args.device,
-                "dtype_arg": args.dtype,
-            }
-        )
+        return {
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "shape": args.shape,
+            "device_arg": args.device,
+            "dtype_arg": args.dtype,
+        }
 
     for method in args.methods:
         for length in args.lengths:
@@ -504,7 +499,7 @@ def main() -> None:
                 f"decode={record.get('decode_s')}",
                 flush=True,
             )
-            write_json(name, {"environment": env(), "records": records})
+            write_result(name, {"records": records}, env())
 
     text = table(records, list(args.lengths), counts)
     homer_growth, full_growth = growth(records, "homer"), growth(records, "full")
@@ -516,10 +511,8 @@ def main() -> None:
         "calibration_s": round(calibration_s, 1),
     }
     results = {"records": records, "summary": summary, "table": text, "plot": image}
-    write_json(name, {"environment": env(), **results})
-    print(text)
-    print(summary)
-    print(f"plot: {image}")
+    write_result(name, results, env())
+    show(f"{text}\n{summary}", image)
 
 
 if __name__ == "__main__":

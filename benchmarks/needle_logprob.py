@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import environment, load, natural_prose, write_json
+from benchmarks.common import load, natural_prose
 from benchmarks.needles import excerpt, haystack, insert, locate, make_needle
+from benchmarks.report import write_result
 
 
 def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]:
@@ -152,10 +153,7 @@ def main() -> None:
         "needles": len(rows),
     }
     print(summary)
-    write_json(
-        args.name,
-        {"environment": environment(), "args": vars(args), "rows": rows, "summary": summary},
-    )
+    write_result(args.name, {"args": vars(args), "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

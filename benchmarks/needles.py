@@ -61,16 +61,22 @@ import torch
 
 from benchmarks.common import (
     PROSE_KINDS,
-    RESULTS,
-    environment,
     joined_parts,
     load,
     load_tokenizer,
-    markdown_table,
     prose_parts,
-    save_figure,
     source_at,
+)
+from benchmarks.report import (
+    markdown_table,
+    pyplot,
+    rate,
+    read_result,
+    result_path,
+    save_figure,
+    show,
     write_json,
+    write_result,
 )
 from benchmarks.variants import homer_config
 
@@ -228,14 +234,16 @@ def main() -> None:
     parser.add_argument(
         "--rescore",
         action="store_true",
-        help="score the saved answers of results/<name>.json again (whole key only) and exit",
+        help="score the saved answers of results/<name>.json (or results/archive/<name>.json) "
+        "again (whole key only) and exit",
     )
     parser.add_argument(
         "--combine",
         nargs="+",
         metavar="NAME",
-        help="pool the saved runs results/<NAME>.json (say, one per seed): answer rates with 95%% "
-        "intervals, and each rule against each baseline on the same needles; then exit",
+        help="pool the saved runs results/<NAME>.json (say, one per seed; archived runs are "
+        "found in results/archive/): answer rates with 95%% intervals, and each rule against "
+        "each baseline on the same needles; then exit",
     )
     parser.add_argument(
         "--by-source",
@@ -251,7 +259,7 @@ def main() -> None:
         pooled: list[dict[str, Any]] = []
         tokenizer = None
         for run in args.combine:
-            saved = json.loads((RESULTS / f"{run}.json").read_text())
+            saved = read_result(run)
             prose = run_prose(saved["environment"]["command"])
             records = [r | {"prose": prose} for r in needle_sets(saved["records"])]
             if args.by_source and any("source" not in r for r in records):
@@ -274,11 +282,7 @@ def main() -> None:
         return "".join(generate(model, tokenizer, cache, needle.question, max_new_tokens=24))
 
     def save(extra: dict[str, Any] | None = None) -> None:
-        write_json(
-            args.name,
-            {"environment": environment(), "records": records, "histograms": histograms}
-            | (extra or {}),
-        )
+        write_result(args.name, {"records": records, "histograms": histograms} | (extra or {}))
 
     from homer import HomerConfig
     from homer.adapter import ModelAdapter
@@ -384,7 +388,7 @@ def main() -> None:
     table = summary_table(records, methods, args.lengths)
     image = plot_histograms(histograms, max(args.lengths), args.name) if histograms else None
     save({"table": table, "histogram_png": image})
-    print(table)
+    show(table)
 
 
 def summary_table(records: list[dict[str, Any]], methods: list[str], lengths: list[int]) -> str:
@@ -402,9 +406,9 @@ def summary_table(records: list[dict[str, Any]], methods: list[str], lengths: li
                 [
                     name,
                     f"{length // 1000}k",
-                    f"{kept / len(subset):.0%} ({kept}/{len(subset)})",
+                    rate(kept, len(subset)),
                     f"{sum(sentences)}/{len(sentences)}" if sentences else "-",
-                    f"{sum(right) / len(right):.0%} ({sum(right)}/{len(right)})" if right else "-",
+                    rate(sum(right), len(right)) if right else "-",
                 ]
             )
     return markdown_table(
@@ -474,7 +478,7 @@ def pooled_table(records: list[dict[str, Any]], by_source: bool = False) -> str:
                 [
                     name,
                     f"{length // 1000}k" + (f", {group}" if group else ""),
-                    f"{right / len(mine):.0%} ({right}/{len(mine)})",
+                    rate(right, len(mine)),
                     f"{low:.0%}-{high:.0%}",
                     "; ".join(versus) or "-",
                 ]
@@ -512,10 +516,11 @@ def tag_sources(
 
 
 def rescore(name: str) -> str:
-    """Score the answers saved in `benchmarks/results/<name>.json` again with `answered`
-    (runs before session 7 counted any reply containing the key, so "749899" answered 74989),
-    rewrite its table and return it."""
-    data = json.loads((RESULTS / f"{name}.json").read_text())
+    """Score the answers saved in `benchmarks/results/<name>.json` (or in its `archive/`) again
+    with `answered` (runs before session 7 counted any reply containing the key, so "749899"
+    answered 74989), rewrite its table where it lies and return it."""
+    path = result_path(name)
+    data = json.loads(path.read_text())
     records = data["records"]
     for record in records:
         if record.get("answer") is not None:
@@ -524,16 +529,12 @@ def rescore(name: str) -> str:
     lengths = list(dict.fromkeys(r["length"] for r in records))
     data["table"] = summary_table(records, methods, lengths)
     data["rescored"] = "answers scored with benchmarks.needles.answered (whole key only)"
-    write_json(name, data)
+    write_json(name, data, folder=path.parent)
     return str(data["table"])
 
 
 def plot_histograms(histograms: dict[str, list[float]], length: int, name: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for method, shares in histograms.items():
         bins = len(shares)

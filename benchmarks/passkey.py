@@ -38,14 +38,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    environment,
-    load,
-    markdown_table,
-    reload_with,
-    save_figure,
-    write_json,
-)
+from benchmarks.common import load, reload_with
+from benchmarks.report import method_table, pyplot, rate, save_figure, show, write_result
 from benchmarks.variants import homer_config
 
 FILLER = (
@@ -218,11 +212,7 @@ def heatmaps(
     records: list[dict[str, Any]], methods: list[str], lengths: list[int], name: str
 ) -> str:
     """One accuracy heat map (depth x length) per method, side by side; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     width = (DEPTH_HIGH - DEPTH_LOW) / DEPTH_BANDS
     edges = [DEPTH_LOW + width * i for i in range(DEPTH_BANDS + 1)]
     labels = [f"{a:.0%}-{b:.0%}" for a, b in itertools.pairwise(edges)]
@@ -318,25 +308,18 @@ def main() -> None:
                     f"{'OK ' if record['correct'] else 'no '} {seconds:6.1f}s {answer!r}",
                     flush=True,
                 )
-                write_json(args.name, {"environment": environment(), "records": records})
+                write_result(args.name, {"records": records})
             del memo
 
-    rows = []
+    def accuracy(name: str, length: int) -> str | None:
+        hits = [r["correct"] for r in records if r["method"] == name and r["length"] == length]
+        return rate(sum(hits), len(hits)) if hits else None
+
     lengths = list(args.lengths)
-    for name in args.methods:
-        row: list[Any] = [name]
-        for length in lengths:
-            hits = [r["correct"] for r in records if r["method"] == name and r["length"] == length]
-            row.append(f"{sum(hits) / len(hits):.0%} ({sum(hits)}/{len(hits)})" if hits else "-")
-        rows.append(row)
-    table = markdown_table(["method", *[f"{n // 1000}k" for n in lengths]], rows)
+    table = method_table(args.methods, lengths, lambda n: f"{n // 1000}k", accuracy)
     image = heatmaps(records, list(args.methods), lengths, args.name)
-    write_json(
-        args.name,
-        {"environment": environment(), "records": records, "table": table, "heatmap": image},
-    )
-    print(table)
-    print(f"heat map: {image}")
+    write_result(args.name, {"records": records, "table": table, "heatmap": image})
+    show(table, image, "heat map")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import random
 import time
 from typing import Any
 
-from benchmarks.common import environment, load, write_json
+from benchmarks.common import load
 from benchmarks.passkey import ask_homer, haystack
+from benchmarks.report import write_result
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
                 f"{record['seconds']}s {answer!r}",
                 flush=True,
             )
-            write_json(out, {"environment": environment(), "records": records})
+            write_result(out, {"records": records})
         hits = [r["correct"] for r in records if r["variant"] == name]
         print(f"== {name} {args.length}: {sum(hits)}/{len(hits)}", flush=True)
 

@@ -41,16 +41,9 @@ from typing import Any
 import torch
 
 from benchmarks.books import paradise_lost
-from benchmarks.common import (
-    RESULTS,
-    environment,
-    load,
-    markdown_table,
-    reload_with,
-    save_figure,
-    write_json,
-)
+from benchmarks.common import load, reload_with
 from benchmarks.passkey import rope_parameters
+from benchmarks.report import RESULTS, method_table, pyplot, save_figure, show, write_result
 from benchmarks.variants import homer_config, method_variant
 
 METHODS = [
@@ -152,11 +145,7 @@ def same_as_plain(name: str, base: Any, context: int, seg: int) -> bool:
 def plot(records: list[dict[str, Any]], methods: list[str], edge: int, name: str) -> str:
     """Perplexity against context length, one line per method, with a line at `edge` (the longest
     context whose segment still fits the window); returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for method in methods:
         points = sorted((r["context"], r["ppl"]) for r in records if r["method"] == method)
@@ -213,7 +202,7 @@ def main() -> None:
         records = json.loads(previous.read_text())["records"]
 
     def record_env() -> dict[str, Any]:
-        return environment({"loadavg": os.getloadavg(), **settings})
+        return {"loadavg": os.getloadavg(), **settings}
 
     for context in sorted(args.contexts):
         for name in args.methods:
@@ -235,28 +224,19 @@ def main() -> None:
                 + ("  (= plain)" if "reused_from" in record else ""),
                 flush=True,
             )
-            write_json(args.name, {"environment": record_env(), "records": records})
+            write_result(args.name, {"records": records}, record_env())
+
+    def perplexity(name: str, context: int) -> str | None:
+        hit = next((r for r in records if r["method"] == name and r["context"] == context), None)
+        return None if hit is None else f"{hit['ppl']:.2f}"
 
     contexts = sorted({r["context"] for r in records})
-    rows = []
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
-    for name in methods:
-        row: list[Any] = [name]
-        for context in contexts:
-            hit = next(
-                (r for r in records if r["method"] == name and r["context"] == context), None
-            )
-            row.append("-" if hit is None else f"{hit['ppl']:.2f}")
-        rows.append(row)
-    table = markdown_table(["method", *[f"{c / 1024:g}k" for c in contexts]], rows)
+    table = method_table(methods, contexts, lambda c: f"{c / 1024:g}k", perplexity)
     edge = int(base.config.max_position_embeddings) - args.segment
     image = plot(records, methods, edge, args.name)
-    write_json(
-        args.name,
-        {"environment": record_env(), "records": records, "table": table, "plot": image},
-    )
-    print(table)
-    print(f"plot: {image}")
+    write_result(args.name, {"records": records, "table": table, "plot": image}, record_env())
+    show(table, image)
 
 
 if __name__ == "__main__":
