@@ -36,10 +36,14 @@ _EXPORTS = {
     "HomerError": "homer.errors",
     "ModelLoadError": "homer.errors",
     "UnsupportedModelError": "homer.errors",
+    "ContextOverflowError": "homer.generation",
     "GenerationStats": "homer.generation",
     "GenerationStream": "homer.generation",
     "generate": "homer.generation",
     "ProgressEvent": "homer.tree",
+    "Turn": "homer.prompts",
+    "WarmPool": "homer.warm",
+    "PoolSettings": "homer.warm",
     "CacheExistsError": "homer.service",
     "Ingested": "homer.service",
     "LoadedModel": "homer.service",
@@ -67,7 +71,13 @@ if TYPE_CHECKING:
         ModelLoadError,
         UnsupportedModelError,
     )
-    from homer.generation import GenerationStats, GenerationStream, generate
+    from homer.generation import (
+        ContextOverflowError,
+        GenerationStats,
+        GenerationStream,
+        generate,
+    )
+    from homer.prompts import Turn
     from homer.service import (
         CacheExistsError,
         Ingested,
@@ -82,6 +92,7 @@ if TYPE_CHECKING:
     )
     from homer.store import CacheRecord, Store
     from homer.tree import ProgressEvent
+    from homer.warm import PoolSettings, WarmPool
 
 
 def __getattr__(name: str) -> Any:
@@ -98,6 +109,7 @@ __all__ = [
     "CacheMismatchError",
     "CacheRecord",
     "Calibration",
+    "ContextOverflowError",
     "DocumentError",
     "GenerationStats",
     "GenerationStream",
@@ -109,11 +121,14 @@ __all__ = [
     "ModelChoice",
     "ModelLoadError",
     "OpenedCache",
+    "PoolSettings",
     "ProgressEvent",
     "ResolvedConfig",
     "Sampling",
     "Store",
+    "Turn",
     "UnsupportedModelError",
+    "WarmPool",
     "ask",
     "calibrate",
     "compress",

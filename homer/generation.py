@@ -1,33 +1,69 @@
 """Answering from a `HomerCache`: feed a question after the cache, then decode, streaming.
 
 The question's tokens continue at positions `last_position + 1, ...`, on a fresh copy of the
-cache, so the stored cache is never mutated (ALGORITHM.md §8). Decoding is greedy at temperature
-0, else sampled (temperature, nucleus `top_p`, optional seed). Text is yielded as it becomes
-printable: bytes of a character split across tokens are held back until complete.
+cache, so the stored cache is never mutated (ALGORITHM.md §8). A follow-up question re-feeds the
+earlier turns after the cache first (the cache stays as saved; the conversation is prompt text).
+Decoding is greedy at temperature 0, else sampled (temperature, nucleus `top_p`, optional seed).
+Text is yielded as it becomes printable: bytes of a character split across tokens are held back
+until complete, and so is text that could be the start of a stop string.
+
+Decoding stops at the end-of-sequence token or a stop string (`finish_reason="stop"`), at
+`max_new_tokens` or the end of the model's window (`"length"`), or when `cancel()` is called from
+any thread (`"cancelled"`). This module knows nothing about the store, the CLI or HTTP.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from homer.adapter import ModelAdapter, cache_kwargs
 from homer.cache import HomerCache
-from homer.prompts import PromptTemplate, encode
+from homer.errors import HomerError
+from homer.prompts import PromptTemplate, Turn, encode
+
+FinishReason = Literal["stop", "length", "cancelled", ""]
+
+
+class ContextOverflowError(HomerError):
+    """A prompt does not fit in the model's window after the cache.
+
+    Attributes:
+        needed: positions the cache and the prompt take, plus one for the first answer token.
+        window: the model's context window in tokens.
+    """
+
+    def __init__(self, needed: int, window: int) -> None:
+        super().__init__(
+            f"the prompt does not fit the model's window: the cache and the prompt need "
+            f"{needed} positions, the window holds {window}; shorten the conversation or "
+            "the question"
+        )
+        self.needed = needed
+        self.window = window
 
 
 @dataclass
 class GenerationStats:
-    """Counts and timings of one answer (seconds, wall clock)."""
+    """Counts and timings of one answer (seconds, wall clock).
+
+    Attributes:
+        prompt_tokens: tokens fed after the cache (earlier turns and the question).
+        new_tokens: tokens generated (a stop string's tokens included, the EOS token not).
+        finish_reason: `"stop"` (end-of-sequence or a stop string), `"length"` (`max_new_tokens`
+            or the model's window reached), `"cancelled"`; `""` until the stream is exhausted.
+    """
 
     prompt_tokens: int = 0
     new_tokens: int = 0
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
+    finish_reason: FinishReason = ""
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -58,8 +94,30 @@ def sample_next(
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
+    """Index in `text` where the earliest stop string begins (searching from `start`), or None."""
+    found = [i for i in (text.find(stop, start) for stop in stops if stop) if i != -1]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
 class GenerationStream:
-    """An iterator of text pieces; `stats` and `text` are complete once it is exhausted."""
+    """An iterator of text pieces; `stats` and `text` are complete once it is exhausted.
+
+    Raises (when built):
+        ValueError: an empty question or an out-of-range option.
+        ContextOverflowError: the cache and the prompt leave no room in the model's window.
+    """
 
     def __init__(
         self,
@@ -73,6 +131,8 @@ class GenerationStream:
         top_p: float = 1.0,
         seed: int | None = None,
         raw: bool = False,
+        history: Sequence[Turn] = (),
+        stop: Sequence[str] = (),
     ) -> None:
         if not question.strip():
             raise ValueError("the question is empty")
@@ -80,24 +140,41 @@ class GenerationStream:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if raw and history:
+            raise ValueError("history needs the question template; raw=True takes none")
         self.model = model
         self.tokenizer = tokenizer
         self.cache = cache
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.stop = tuple(s for s in stop if s)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.adapter = ModelAdapter(model)
         if raw:
             self.prompt_ids = encode(tokenizer, question)
         else:
             template = PromptTemplate.for_tokenizer(tokenizer)
-            self.prompt_ids = encode(tokenizer, template.continuation(question))
+            self.prompt_ids = encode(tokenizer, template.conversation(history, question))
+        # Positions the cache and prompt take, and one more for the first answer token.
+        needed = cache.last_position + 1 + len(self.prompt_ids) + 1
+        if needed > self.adapter.window:
+            raise ContextOverflowError(needed, self.adapter.window)
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids))
         self.token_ids: list[int] = []
         self.text = ""
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop decoding before the next token (thread-safe; the stream then ends normally)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
     def _forward(self, ids: list[int], start: int, past: Any) -> torch.Tensor:
-        device = next(self.model.parameters()).device
+        device = self.adapter.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
         out = self.model(
@@ -111,7 +188,10 @@ class GenerationStream:
     @torch.inference_mode()
     def __iter__(self) -> Iterator[str]:
         began = time.perf_counter()
-        adapter = ModelAdapter(self.model)
+        if self.cancelled:
+            self.stats.finish_reason = "cancelled"
+            return
+        adapter = self.adapter
         cache = self.cache
         if cache.device != adapter.device or cache.dtype != adapter.dtype:
             cache = cache.to(adapter.device, adapter.dtype)
@@ -119,27 +199,48 @@ class GenerationStream:
         position = cache.last_position + 1
         logits = self._forward(self.prompt_ids, position, past)
         position += len(self.prompt_ids)
-        stop = _stop_ids(self.model, self.tokenizer)
+        # Every fed token needs a position inside the window; the last one is never fed.
+        limit = min(self.max_new_tokens, adapter.window - position + 1)
+        eos = _stop_ids(self.model, self.tokenizer)
         emitted = 0
-        for step in range(self.max_new_tokens):
+        finish: FinishReason = "length"
+        cut_at_stop = False
+        text = ""
+        for step in range(limit):
+            if self.cancelled:
+                finish = "cancelled"
+                break
             token = sample_next(logits, self.temperature, self.top_p, self.generator)
             if step == 0:
                 self.stats.time_to_first_token_s = time.perf_counter() - began
-            if token in stop:
+            if token in eos:
+                finish = "stop"
                 break
             self.token_ids.append(token)
             self.stats.new_tokens += 1
             text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-            if not text.endswith("\ufffd") and len(text) > emitted:
-                yield text[emitted:]
-                emitted = len(text)
+            if self.stop:
+                cut = find_stop(text, self.stop, max(0, emitted - max(map(len, self.stop))))
+                if cut is not None:
+                    text = text[:cut]
+                    finish = "stop"
+                    cut_at_stop = True
+                    break
+            if not text.endswith("\ufffd"):
+                safe = len(text) - held_back(text, self.stop) if self.stop else len(text)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
             self.text = text
-            if step + 1 < self.max_new_tokens:
+            if step + 1 < limit:
                 logits = self._forward([token], position, past)
                 position += 1
-        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if not cut_at_stop:  # the whole text, an incomplete character's bytes included
+            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        self.text = text
         if len(self.text) > emitted:
             yield self.text[emitted:]
+        self.stats.finish_reason = finish
         self.stats.total_s = time.perf_counter() - began
 
 
@@ -153,12 +254,19 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     raw: bool = False,
+    history: Sequence[Turn] = (),
+    stop: Sequence[str] = (),
 ) -> GenerationStream:
     """Answer `question` from `cache`; iterate the result for text pieces as they are generated.
 
     With `raw=True`, `question` is fed verbatim after the cache instead of being wrapped in the
     model's question template (for task-specific prompts, e.g. "... The pass key is").
+    `history` holds the conversation's earlier turns, re-fed after the cache before `question`;
+    decoding ends before the first of the `stop` strings (which is not returned).
     The cache is copied, never changed: answering twice gives the same greedy answer.
+
+    Raises:
+        ContextOverflowError: the cache and the prompt leave no room in the model's window.
     """
     return GenerationStream(
         model,
@@ -170,4 +278,6 @@ def generate(
         top_p=top_p,
         seed=seed,
         raw=raw,
+        history=history,
+        stop=stop,
     )

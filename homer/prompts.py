@@ -2,12 +2,14 @@
 
 With a chat template, the document sits inside one user turn: the prefix opens the turn with an
 instruction, the (query-agnostic) suffix closes the document without closing the turn, and a later
-question continues the same turn and opens the assistant's reply. Without a chat template the
-same shape is built from plain text. Nothing here runs a model.
+question continues the same turn and opens the assistant's reply. A follow-up question closes the
+assistant's answer and opens a new user turn, as the template writes a conversation. Without a
+chat template the same shape is built from plain text. Nothing here runs a model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,21 @@ FOCUS_SUFFIX = "\n\n(End of document.) Keep in mind the question: {question}"
 QUESTION = "\n\nAnswer using the document. Question: {question}"
 SUMMARY_QUESTION = "Summarize the document in a few sentences."
 
+#: Plain-text fallback (no chat template): what follows an answer before the next question.
+PLAIN_TURN_NEXT = "\nQuestion: "
+
 _SENTINEL = "\u2063HOMER_SENTINEL\u2063"
+# Three more, for rendering a whole conversation (question, answer, follow-up).
+_ANSWER_SENTINEL = "\u2063HOMER_ANSWER\u2063"
+_NEXT_SENTINEL = "\u2063HOMER_NEXT\u2063"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One finished exchange of a conversation: a question and the answer it got."""
+
+    question: str
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -30,11 +46,14 @@ class PromptTemplate:
         turn_open: text before the user's message (chat template head, system prompt, BOS text).
         turn_close: text after the user's message up to where the assistant answers.
         add_bos: prepend the tokenizer's BOS id (when the template text does not carry it).
+        turn_next: text after an assistant's answer up to the next user message (closes the
+            answer, opens a user turn).
     """
 
     turn_open: str
     turn_close: str
     add_bos: bool
+    turn_next: str = PLAIN_TURN_NEXT
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> PromptTemplate:
@@ -48,7 +67,13 @@ class PromptTemplate:
             )
             if isinstance(rendered, str) and rendered.count(_SENTINEL) == 1:
                 head, tail = rendered.split(_SENTINEL)
-                return cls(turn_open=head, turn_close=tail, add_bos=False)
+                turn_next = _turn_next(tokenizer)
+                return cls(
+                    turn_open=head,
+                    turn_close=tail,
+                    add_bos=False,
+                    turn_next=turn_next if turn_next is not None else PLAIN_TURN_NEXT,
+                )
         adds_bos = bool(bos) and _adds_bos(tokenizer)
         return cls(turn_open="", turn_close="\nAnswer:", add_bos=adds_bos)
 
@@ -61,6 +86,48 @@ class PromptTemplate:
     def continuation(self, question: str) -> str:
         """Text fed after the cache: the question, closing the user turn, opening the answer."""
         return QUESTION.format(question=question.strip()) + self.turn_close
+
+    def follow_up(self, question: str) -> str:
+        """Text fed after an answer to ask one more question and open the next answer."""
+        return self.turn_next + question.strip() + self.turn_close
+
+    def conversation(self, history: Sequence[Turn], question: str) -> str:
+        """Text fed after the cache for `question` asked after the finished turns `history`.
+
+        With no history this is `continuation(question)`. Earlier answers are fed as the text
+        they were (stripped, as chat templates store them), so a follow-up sees them as the
+        model's own words.
+        """
+        if not history:
+            return self.continuation(question)
+        text = self.continuation(history[0].question)
+        for turn, following in zip(history, [*history[1:], None], strict=True):
+            text += turn.answer.strip()
+            text += self.follow_up(following.question if following else question)
+        return text
+
+
+def _turn_next(tokenizer: Any) -> str | None:
+    """What the chat template writes between an assistant's answer and the next user message,
+    or None when the template does not render a conversation as answer + text + question."""
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": _SENTINEL},
+                {"role": "assistant", "content": _ANSWER_SENTINEL},
+                {"role": "user", "content": _NEXT_SENTINEL},
+            ],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception:  # a template that refuses multi-turn (raise_exception) or breaks on it
+        return None
+    if not isinstance(rendered, str):
+        return None
+    if any(rendered.count(s) != 1 for s in (_SENTINEL, _ANSWER_SENTINEL, _NEXT_SENTINEL)):
+        return None
+    between = rendered.split(_ANSWER_SENTINEL, 1)[1].split(_NEXT_SENTINEL, 1)[0]
+    return between
 
 
 def _adds_bos(tokenizer: Any) -> bool:

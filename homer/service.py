@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from homer.config import HomerConfig
     from homer.documents import Document
     from homer.generation import GenerationStream
+    from homer.prompts import Turn
     from homer.store import CacheRecord, Store
     from homer.tree import ProgressCallback
 
@@ -323,12 +324,14 @@ def open_cache(
 
 @dataclass(frozen=True)
 class Sampling:
-    """How an answer is decoded: greedy at temperature 0, else nucleus sampling."""
+    """How an answer is decoded: greedy at temperature 0, else nucleus sampling; decoding ends
+    before the first of the `stop` strings."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -337,6 +340,8 @@ class Sampling:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
 
 def ask(
@@ -344,10 +349,16 @@ def ask(
     cache: HomerCache,
     question: str,
     sampling: Sampling | None = None,
+    history: Sequence[Turn] = (),
 ) -> GenerationStream:
     """Answer `question` from `cache`; iterate the result for text as it is generated.
 
-    The cache is never changed, so the same cache answers any number of questions.
+    `history` holds the conversation's earlier turns (question and answer), fed after the cache
+    before `question`. The cache is never changed, so the same cache answers any number of
+    questions and conversations; `GenerationStream.cancel()` stops an answer early.
+
+    Raises:
+        ContextOverflowError: the cache and the conversation do not fit the model's window.
     """
     from homer.generation import generate
 
@@ -357,5 +368,6 @@ def ask(
         model.tokenizer,
         cache,
         question,
+        history=history,
         **dataclasses.asdict(sampling),
     )
