@@ -63,8 +63,8 @@ class Job:
     device: str
     dtype: str | None
     new_tokens: tuple[int, ...]
-    positions: str | None = None  # HomerConfig(positions=...) for HOMER cells; None: default
-    sibling_budget: str | None = None  # HomerConfig(sibling_budget=...); None: default
+    positions: str | None = None  # "paper": Ablations(compact_positions=False); None: default
+    sibling_budget: str | None = None  # SpanPruning(sibling_budget=...); None: default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,10 +265,13 @@ def child(job: Job) -> dict[str, Any]:
     with torch.inference_mode():
         if job.method == "homer":
             from homer import HomerConfig, compress
+            from homer.config import Ablations
+            from homer.pruning import SpanPruning
 
-            chosen = {"positions": job.positions, "sibling_budget": job.sibling_budget}
-            config = HomerConfig(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
-            cache = compress(model, tokenizer, text, config)
+            budget: Any = job.sibling_budget or "halves"
+            config = HomerConfig(pruning=SpanPruning(sibling_budget=budget))
+            ablations = Ablations(compact_positions=job.positions in (None, "compact"))
+            cache = compress(model, tokenizer, text, config, ablations=ablations)
             meter.sync()
             seconds = time.perf_counter() - began
             past = cache.to_dynamic_cache()

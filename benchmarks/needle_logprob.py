@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from benchmarks.common import load, natural_prose
 from benchmarks.needles import excerpt, haystack, insert, locate, make_needle
 from benchmarks.report import write_result
+from homer.pruning import SpanPruning
 
 
 def score(model: Any, tokenizer: Any, cache: Any, needle: Any) -> dict[str, Any]:
@@ -87,6 +89,21 @@ def runs(tokenizer: Any, text: str, sentence: str, run_len: int, total: int) -> 
     return "".join(str(tokenizer.decode(ids[s : s + run_len])) for s in sorted(starts))
 
 
+@dataclass(frozen=True)
+class RandomSignificance(SpanPruning):
+    """`SpanPruning` whose significance is noise: what the rule's priors do on their own."""
+
+    seed: int = 0
+    _generator: torch.Generator = field(default_factory=torch.Generator, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._generator.manual_seed(self.seed)
+
+    def significance(self, logits: torch.Tensor, *_: Any) -> torch.Tensor:
+        return torch.randn(logits.shape[1], generator=self._generator)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=16000, help="haystack tokens")
@@ -106,20 +123,13 @@ def main() -> None:
     from homer import HomerConfig, compress
 
     model, tokenizer = load()
-    if args.random_scores:
-        import homer.tree
-
-        generator = torch.Generator().manual_seed(0)
-
-        def random_significance(logits: torch.Tensor, *_: Any) -> torch.Tensor:
-            return torch.randn(logits.shape[1], generator=generator)
-
-        homer.tree.significance = random_significance  # type: ignore[assignment]
+    radius = {} if args.run_radius is None else {"run_radius": args.run_radius}
+    rule = RandomSignificance(**radius) if args.random_scores else SpanPruning(**radius)
     config = HomerConfig(
         max_chunk_len=args.max_chunk_len,
         target_len=args.target_len,
         warmup_layers=args.warmup_layers,
-        run_radius=args.run_radius,
+        pruning=rule,
     )
     if args.context == "runs":
         from homer.adapter import ModelAdapter

@@ -78,7 +78,7 @@ from benchmarks.report import (
     write_json,
     write_result,
 )
-from benchmarks.variants import homer_config
+from benchmarks.variants import homer_config, variant
 
 PLACES = ["harbour", "observatory", "granary", "chapel", "armoury", "library", "mill", "tower"]
 ROLES = ["navigator", "cartographer", "surgeon", "quartermaster", "botanist", "chronicler"]
@@ -177,24 +177,26 @@ def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int, at: flo
         budget -= 8  # re-tokenizing the cut edges may add a token or two
 
 
-def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """(HomerConfig, Calibration or None) for a reduction rule: a variant of
+def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """(HomerConfig, Ablations, Calibration or None) for a reduction rule: a variant of
     `benchmarks.variants`, or one of two attribution rules with their own calibration."""
     from homer import HomerConfig, calibrate
+    from homer.config import Ablations
+    from homer.pruning import PaperPruning
 
     if name == "tokens+template":
-        config = HomerConfig(reduction="paper")
-        return config, calibrate(model, tokenizer, config, mode="template")
+        config = HomerConfig(pruning=PaperPruning())
+        return config, Ablations(), calibrate(model, tokenizer, config, mode="template")
     if name == "spans+plain":
         config = HomerConfig()
-        return config, calibrate(model, tokenizer, config, mode="plain")
-    return homer_config(name), None
+        return config, Ablations(), calibrate(model, tokenizer, config, mode="plain")
+    return homer_config(name), variant(name).ablations, None
 
 
 def kept_position_histogram(cache: Any, bins: int = 20) -> list[float]:
     """Share of a chunk's document tokens kept, by relative position within the chunk.
 
-    `cache` must keep its leaves' positions (`HomerConfig(positions="paper")`)."""
+    `cache` must keep its leaves' positions (`Ablations(compact_positions=False)`)."""
     info = cache.info
     leaf_len = -(-info.document_tokens // info.num_chunks)  # ceil
     positions = cache.positions[info.prefix_tokens : cache.length - info.suffix_tokens]
@@ -344,12 +346,20 @@ def main() -> None:
         needles = [make_needle(rng, i) for i in range(args.needles)]
         depths = needle_depths(args.needles)
         for name in args.methods:
-            config, calibration = rule(name, model, tokenizer)
+            config, ablations, calibration = rule(name, model, tokenizer)
             memo = SubtreeMemo(capacity=24)
             for needle, depth in zip(needles, depths, strict=True):
                 text = insert(hay, needle.sentence, depth)
                 began = time.perf_counter()
-                cache = compress(model, tokenizer, text, config, calibration=calibration, memo=memo)
+                cache = compress(
+                    model,
+                    tokenizer,
+                    text,
+                    config,
+                    calibration=calibration,
+                    memo=memo,
+                    ablations=ablations,
+                )
                 seconds = time.perf_counter() - began
                 kept_text = str(tokenizer.decode(cache.token_ids))
                 survived = needle.key in kept_text
@@ -377,8 +387,10 @@ def main() -> None:
             if length == max(args.lengths):
                 # Leaf-relative positions: the same tokens as the default cache, before the
                 # final cache is renumbered 0..T-1 (which would hide where in a chunk they sat).
-                leafwise = dataclasses.replace(config, positions="paper")
-                cache = compress(model, tokenizer, hay, leafwise, calibration=calibration)
+                leafwise = dataclasses.replace(ablations, compact_positions=False)
+                cache = compress(
+                    model, tokenizer, hay, config, calibration=calibration, ablations=leafwise
+                )
                 histograms[name] = kept_position_histogram(cache)
         if not args.no_answer:
             for baseline in args.baselines:

@@ -10,9 +10,10 @@ compared on identical inputs. Methods:
 - `homer-nobias`: query-agnostic, no calibration bias (ablation).
 - `homer-paper`: query-agnostic with the paper's single-token reduction rule.
 - `homer-paper-warmup`: the paper's warm-up share, 12/32 of the layers (ablation of the default).
-- `homer-shared`: siblings split their merged node's room by score (`sibling_budget="shared"`).
+- `homer-shared`: siblings split their merged node's room by score
+  (`SpanPruning(sibling_budget="shared")`).
 - `homer-seqmask`, `homer-posmask`, `homer-aware-posmask`: the merge mask set explicitly
-  (`HomerConfig(merge_mask=...)`, an A/B of the two masks).
+  (`Ablations(position_mask=...)`, an A/B of the two masks).
 - `plain`: the model on the whole input (past its window beyond 8k tokens).
 - `truncated`: the model on the prompt with the document cut to its tail to fit the window.
 - `ntk`, `yarn`: the plain model with dynamic-NTK or YaRN RoPE scaling set in its config.
@@ -40,7 +41,7 @@ import torch
 
 from benchmarks.common import load, reload_with
 from benchmarks.report import method_table, pyplot, rate, save_figure, show, write_result
-from benchmarks.variants import homer_config
+from benchmarks.variants import homer_config, variant
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -172,6 +173,7 @@ def ask_homer(
     memo: Any,
     reread: bool = False,
     reask: bool = False,
+    ablations: Any = None,
 ) -> tuple[str, str]:
     """HOMER's answer under `config` (a `HomerConfig`) and the text of the tokens its cache kept.
 
@@ -185,7 +187,16 @@ def ask_homer(
 
     suffix = SUFFIX + QUESTION if focus else SUFFIX
     ask = PRIMER if focus and not reask else QUESTION + PRIMER
-    cache = compress(model, tokenizer, text, config, prefix=INSTRUCTION, suffix=suffix, memo=memo)
+    cache = compress(
+        model,
+        tokenizer,
+        text,
+        config,
+        prefix=INSTRUCTION,
+        suffix=suffix,
+        memo=memo,
+        ablations=ablations,
+    )
     if reread:
         ids = [*cache.token_ids.tolist(), *tokenizer(ask, add_special_tokens=False)["input_ids"]]
         answer = str(tokenizer.decode(greedy(model, ids, MAX_NEW)))
@@ -204,7 +215,15 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
         extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
     config = homer_config(method.variant, **extra)
     return ask_homer(
-        model, tokenizer, text, config, method.focus, memo, reread=method.reread, reask=method.reask
+        model,
+        tokenizer,
+        text,
+        config,
+        method.focus,
+        memo,
+        reread=method.reread,
+        reask=method.reask,
+        ablations=variant(method.variant).ablations,
     )
 
 

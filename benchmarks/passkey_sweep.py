@@ -21,13 +21,19 @@ from typing import Any
 from benchmarks.common import load
 from benchmarks.passkey import ask_homer, haystack
 from benchmarks.report import write_result
+from benchmarks.variants import variant
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("length", type=int, help="document tokens")
     parser.add_argument("depths", help="comma-separated needle depths, e.g. 0.1,0.5,0.9")
-    parser.add_argument("variants", nargs="+", help='NAME=JSON, e.g. w15={"warmup_layers":15}')
+    parser.add_argument(
+        "variants",
+        nargs="+",
+        help='NAME=JSON of HomerConfig sizes, "focus" and "variant" (benchmarks.variants), '
+        'e.g. w15={"warmup_layers":15} or p={"variant":"paper"}',
+    )
     parser.add_argument("--name", default=None, help="result name (default: passkey_sweep_<len>)")
     args = parser.parse_args()
 
@@ -47,12 +53,15 @@ def main() -> None:
     for name, settings in variants.items():
         settings = dict(settings)
         focus = bool(settings.pop("focus", False))
+        chosen = variant(str(settings.pop("variant", "default")))
         memo = SubtreeMemo(capacity=24)
         for depth, key in zip(depths, keys, strict=True):
             text = haystack(tokenizer, args.length, depth, key)
             began = time.perf_counter()
-            config = HomerConfig(**settings)
-            answer, _ = ask_homer(model, tokenizer, text, config, focus, memo)
+            config = HomerConfig(pruning=chosen.pruning, **settings)
+            answer, _ = ask_homer(
+                model, tokenizer, text, config, focus, memo, ablations=chosen.ablations
+            )
             record = {
                 "variant": name,
                 "settings": settings,

@@ -14,11 +14,11 @@ book before it, `book[:L]`; every method sees the same tokens. The book is Milto
 - `homer`: a query-agnostic HOMER cache of `book[:L]` (default settings: 4,096 tokens) with an
   empty prefix and an empty suffix, then the segment fed after it at positions
   `last_position + 1, ...`.
-- `homer-paper`: the same with the paper's token reduction (`HomerConfig(reduction="paper")`:
-  single tokens, no rarity prior, no runs), the rule issue 6's default replaced.
-- `homer-paper-positions`: the same with `HomerConfig(positions="paper")` (the final cache keeps
+- `homer-paper`: the same with the paper's token reduction (`PaperPruning()`: single
+  tokens, no rarity prior, no runs), the rule the default `SpanPruning()` replaced.
+- `homer-paper-positions`: the same with `Ablations(compact_positions=False)` (the cache keeps
   the positions the merges left instead of `0 .. T-1`).
-- `homer-shared`: the same with `HomerConfig(sibling_budget="shared")` (siblings split their
+- `homer-shared`: the same with `SpanPruning(sibling_budget="shared")` (siblings split their
   merged node's room by score instead of half each).
 - `homer+ntk`, `homer+yarn`: the same on the model with that RoPE scaling.
 
@@ -44,7 +44,7 @@ from benchmarks.books import paradise_lost
 from benchmarks.common import load, reload_with
 from benchmarks.passkey import rope_parameters
 from benchmarks.report import RESULTS, method_table, pyplot, save_figure, show, write_result
-from benchmarks.variants import homer_config, method_variant
+from benchmarks.variants import homer_config, method_variant, variant
 
 METHODS = [
     "plain",
@@ -109,8 +109,16 @@ def run_method(
     if name.startswith("homer"):
         text = tokenizer.decode(ids[:context])
         reencoded = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        config = homer_config(method_variant(name))
-        cache = compress(model, tokenizer, text, config, prefix="", suffix="")
+        chosen = method_variant(name)
+        cache = compress(
+            model,
+            tokenizer,
+            text,
+            homer_config(chosen),
+            prefix="",
+            suffix="",
+            ablations=variant(chosen).ablations,
+        )
         record["compress_s"] = round(time.perf_counter() - began, 1)
         nll = score_after_cache(model, cache, ids[context : context + seg])
         record.update(

@@ -1,36 +1,54 @@
-"""Named variants of `HomerConfig`: one table for every benchmark's rules and methods.
+"""Named variants of HOMER's settings: one table for every benchmark's rules and methods.
 
 The needles benchmark names a variant directly (`--methods shared`); passkey and perplexity
-prefix it with `homer-` (`--methods homer-shared`). A variant is the library default with the
-fields below changed, so a result file's method name says exactly which settings made it.
+prefix it with `homer-` (`--methods homer-shared`). A variant is the library default with a
+different pruning rule (`homer.pruning`) or with one part of HOMER taken out
+(`homer.config.Ablations`), so a result file's method name says exactly which settings made it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-#: Variant name -> the `HomerConfig` fields it changes from the library default.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "paper": {"reduction": "paper"},  # the paper's single-token rule
-    "nobias": {"bias": None},  # raw significance logits, no calibration bias
-    "no-rarity": {"rare_word_boost": 0},  # without the in-document rarity prior
-    "no-runs": {"run_radius": 0},  # session 5's default
-    "no-keep-facts": {"keep_facts": False},  # session 6's default
-    "paper-positions": {"positions": "paper"},  # the positions the merges left
-    "shared": {"sibling_budget": "shared"},  # siblings split their room by one ranking
-    "seqmask": {"merge_mask": "sequence"},
-    "posmask": {"merge_mask": "position"},
+from homer.config import Ablations, HomerConfig
+from homer.pruning import PaperPruning, PruningRule, SpanPruning
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A pruning rule and the ablations that go with it."""
+
+    pruning: PruningRule = field(default_factory=SpanPruning)
+    ablations: Ablations = field(default_factory=Ablations)
+
+
+#: Variant name -> what it changes from the library default.
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "paper": Variant(PaperPruning()),  # the paper's single-token rule
+    "nobias": Variant(ablations=Ablations(calibrated_bias=False)),  # raw significance logits
+    "no-rarity": Variant(SpanPruning(rare_word_boost=0)),  # without the rarity prior
+    "no-runs": Variant(SpanPruning(run_radius=0)),
+    "no-keep-facts": Variant(SpanPruning(keep_facts=False)),
+    "paper-positions": Variant(ablations=Ablations(compact_positions=False)),  # merges' positions
+    "shared": Variant(SpanPruning(sibling_budget="shared")),  # one ranking of both siblings
+    "seqmask": Variant(),  # the default merge mask, named for the A/B with posmask
+    "posmask": Variant(ablations=Ablations(position_mask=True)),
 }
 
 
-def homer_config(variant: str = "default", **overrides: Any) -> Any:
-    """The `HomerConfig` of `variant`, with `overrides` set on top (say, `warmup_layers`)."""
-    from homer import HomerConfig
+def variant(name: str = "default") -> Variant:
+    """The variant called `name`."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    return VARIANTS[name]
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-    return HomerConfig(**{**VARIANTS[variant], **overrides})
+
+def homer_config(name: str = "default", **sizes: Any) -> HomerConfig:
+    """The `HomerConfig` of variant `name`, with `sizes` set on top (say, `warmup_layers`);
+    compress with `ablations=variant(name).ablations` too."""
+    return HomerConfig(pruning=variant(name).pruning, **sizes)
 
 
 def method_variant(method: str) -> str:

@@ -1,12 +1,14 @@
 """`compress`: a document in, a fixed-length `HomerCache` out.
 
-It turns text into the three prompt parts, sizes the tree, fetches the calibration bias, runs
-the tree and packages the root as a `HomerCache`. The maths lives in the modules it calls.
+It is a short pipeline of named steps: the prompt's token ids, the tree's plan, the calibration
+bias, the rule's word tables, the tree itself, the final positions, and the packaged cache. The
+maths lives in the modules each step calls.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,28 +16,26 @@ import torch
 from homer.adapter import ModelAdapter
 from homer.cache import CacheInfo, HomerCache
 from homer.calibration import Calibration, calibrate
-from homer.config import HomerConfig
+from homer.config import Ablations, HomerConfig, ResolvedConfig
 from homer.errors import DocumentError
+from homer.merging import NodeState
 from homer.positions import compact_positions, turn_keys
 from homer.prompts import PromptTemplate, encode, encode_document
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
-from homer.words import (
-    RARE_RADIUS,
-    RARE_SHARE,
-    fact_words,
-    token_kinds,
-    token_traits,
-    widen,
-    word_ids,
-    word_rarity,
-)
 
 logger = logging.getLogger(__name__)
 
 
-def _ids(values: list[int]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long)
+@dataclass(frozen=True)
+class _Prompt:
+    """The three parts of the compressed prompt: texts, and ids `(P,)`, `(C,)`, `(S,)` int64."""
+
+    prefix_text: str
+    suffix_text: str
+    prefix: torch.Tensor
+    context: torch.Tensor
+    suffix: torch.Tensor
 
 
 def compress(
@@ -50,6 +50,7 @@ def compress(
     calibration: Calibration | None = None,
     progress: ProgressCallback | None = None,
     memo: SubtreeMemo | None = None,
+    ablations: Ablations | None = None,
 ) -> HomerCache:
     """Compress `text` into a kv-cache of at most `target_len` tokens per layer.
 
@@ -60,11 +61,11 @@ def compress(
         config: HOMER settings; sizes left `None` are derived from the model.
         focus: a question to put in the suffix (query-aware); None keeps the cache generic.
         prefix / suffix: override the instruction text around the document.
-        calibration: a precomputed bias (else built or loaded per model when `config.bias` says
-            so).
+        calibration: a precomputed bias (else built or loaded per model and rule).
         progress: called with a `ProgressEvent` after each calibration sample and tree node.
         memo: reuse finished subtrees across calls (see `homer.tree.SubtreeMemo`); results are
             identical to computing them again.
+        ablations: take a part of HOMER out, to measure it (`homer.config.Ablations`).
 
     Raises:
         DocumentError: the text holds no tokens.
@@ -72,23 +73,66 @@ def compress(
         ValueError: a setting does not fit the model or the prompt.
     """
     config = config or HomerConfig()
+    ablations = ablations or Ablations()
     adapter = ModelAdapter(model)
     resolved = config.resolve(num_layers=adapter.num_layers, window=adapter.window)
+    prompt = _prompt_ids(tokenizer, text, focus, prefix, suffix)
+    plan, schedule = _plan(adapter, resolved, prompt)
+    bias = _bias(model, tokenizer, config, plan, ablations, calibration, progress)
+    inputs = TreeInputs(
+        prefix=prompt.prefix,
+        context=prompt.context,
+        suffix=prompt.suffix,
+        tables=resolved.pruning.tables(prompt.context, tokenizer),
+    )
+    runner = TreeRunner(
+        adapter,
+        plan,
+        schedule,
+        resolved.pruning,
+        bias,
+        position_mask=ablations.position_mask,
+        progress=progress,
+        memo=memo,
+    )
+    root = runner.run(inputs)
+    cache = _unpack(adapter, root)
+    del root  # its keys are now held once, so each old key is freed as soon as it is turned
+    if ablations.compact_positions:
+        cache.positions = _final_positions(adapter, cache.keys, cache.positions)
+    return _package(cache, adapter.model_type, prompt, plan, schedule, resolved, ablations, focus)
+
+
+def _prompt_ids(
+    tokenizer: Any, text: str, focus: str | None, prefix: str | None, suffix: str | None
+) -> _Prompt:
+    """The instruction before the document, the document, and the suffix after it, as ids."""
     template = PromptTemplate.for_tokenizer(tokenizer)
     prefix_text = template.prefix() if prefix is None else prefix
     suffix_text = template.suffix(focus) if suffix is None else suffix
-
     prefix_ids = encode(tokenizer, prefix_text)
     if template.add_bos:
         prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
-    suffix_ids = encode(tokenizer, suffix_text)
     context = encode_document(tokenizer, text)
     if context.numel() == 0:
         raise DocumentError("the document holds no text to compress")
+    return _Prompt(
+        prefix_text=prefix_text,
+        suffix_text=suffix_text,
+        prefix=torch.tensor(prefix_ids, dtype=torch.long),
+        context=context,
+        suffix=torch.tensor(encode(tokenizer, suffix_text), dtype=torch.long),
+    )
+
+
+def _plan(
+    adapter: ModelAdapter, resolved: ResolvedConfig, prompt: _Prompt
+) -> tuple[Plan, LayerSchedule]:
+    """The tree's sizes and the layers each level runs (warm-up lowered if the tree is tall)."""
     plan = Plan(
-        context_len=int(context.numel()),
-        prefix_len=len(prefix_ids),
-        suffix_len=len(suffix_ids),
+        context_len=int(prompt.context.numel()),
+        prefix_len=int(prompt.prefix.numel()),
+        suffix_len=int(prompt.suffix.numel()),
         max_chunk_len=resolved.max_chunk_len,
         target_len=resolved.target_len,
     )
@@ -102,85 +146,107 @@ def compress(
         warmup,
         schedule.layers_per_level,
     )
+    return plan, schedule
 
-    bias = None
-    if (
-        resolved.bias == "calibrated"
-        and plan.final_len < plan.prefix_len + plan.context_len + plan.suffix_len
-    ):
-        if calibration is None:
 
-            def on_sample(done: int, total: int) -> None:
-                if progress is not None:
-                    progress(ProgressEvent("calibrate", done, total))
+def _bias(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: HomerConfig,
+    plan: Plan,
+    ablations: Ablations,
+    calibration: Calibration | None,
+    progress: ProgressCallback | None,
+) -> torch.Tensor | None:
+    """`(num_layers, max_distance)` calibration bias, or None when nothing is pruned or the
+    bias is ablated."""
+    prunes = plan.final_len < plan.prefix_len + plan.context_len + plan.suffix_len
+    if not (ablations.calibrated_bias and prunes):
+        return None
+    if calibration is None:
 
-            calibration = calibrate(model, tokenizer, config, on_sample=on_sample)
-        bias = calibration.bias
+        def on_sample(done: int, total: int) -> None:
+            if progress is not None:
+                progress(ProgressEvent("calibrate", done, total))
 
-    keep_facts = resolved.keep_facts and resolved.run_radius > 0  # facts only yield to runs
-    runner = TreeRunner(
-        adapter,
-        plan,
-        schedule,
-        bias,
-        whole_words=resolved.reduction == "spans",
-        progress=progress,
-        memo=memo,
-        position_mask=resolved.merge_mask == "position",
-        rare_word_boost=resolved.rare_word_boost,
-        run_radius=resolved.run_radius,
-        keep_facts=keep_facts,
-        shared_budget=resolved.sibling_budget == "shared",
-    )
-    words = word_ids(context, token_kinds(tokenizer))
-    widened: torch.Tensor | None = None
-    fact_table: torch.Tensor | None = None
-    if resolved.rare_word_boost or keep_facts:
-        facts = fact_words(context, words, token_traits(tokenizer))
-        rarity = word_rarity(context, words, facts)
-        if resolved.rare_word_boost:
-            widened = widen(rarity, RARE_RADIUS, RARE_SHARE)
-        if keep_facts:
-            fact_table = facts & (rarity > 0)
-    inputs = TreeInputs(
-        prefix=_ids(prefix_ids),
-        context=context,
-        suffix=_ids(suffix_ids),
-        context_words=words,
-        word_rarity=widened,
-        word_facts=fact_table,
-    )
-    root = runner.run(inputs)
-    last_logits = adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu()
-    keys, values, token_ids = list(root.keys), root.values, root.token_ids.cpu()
-    positions = root.positions.cpu()
-    del root  # without a memo holding it, each old key tensor is freed as soon as it is turned
+        calibration = calibrate(model, tokenizer, config, on_sample=on_sample)
+    return calibration.bias
+
+
+def _final_positions(
+    adapter: ModelAdapter, keys: list[torch.Tensor], positions: torch.Tensor
+) -> torch.Tensor:
+    """Turn every layer's keys (in place in `keys`) to consecutive positions in document order,
+    and return those `(T,)` positions.
+
+    Merged leaves all reused one position range; a question reads the kept tokens far better as
+    one sequence (docs/ALGORITHM.md). Only keys carry position, so values stay as they are.
+    """
     compact = compact_positions(positions)
-    if resolved.positions == "compact" and not torch.equal(compact, positions):
-        # Merged leaves all reused one position range; a question reads the kept tokens far
-        # better as one sequence in document order (docs/RESULTS.md). Only keys carry position.
-        with torch.inference_mode():
-            cos, sin = adapter.turning(compact - positions)
-            for i, k in enumerate(keys):
-                keys[i] = turn_keys(k, cos.to(k.device), sin.to(k.device))
-        positions = compact
+    if torch.equal(compact, positions):
+        return positions
+    with torch.inference_mode():
+        cos, sin = adapter.turning(compact - positions)
+        for i, k in enumerate(keys):
+            keys[i] = turn_keys(k, cos.to(k.device), sin.to(k.device))
+    return compact
+
+
+@dataclass
+class _Tensors:
+    """The root's tensors on their way into a `HomerCache` (keys may still be turned)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    token_ids: torch.Tensor
+    positions: torch.Tensor
+    last_logits: torch.Tensor
+
+
+def _unpack(adapter: ModelAdapter, root: NodeState) -> _Tensors:
+    """The root's keys and values, its token ids and positions, and the `(vocab,)` logits of
+    its last token (the prediction after the whole prompt)."""
+    return _Tensors(
+        keys=list(root.keys),
+        values=list(root.values),
+        token_ids=root.token_ids.cpu(),
+        positions=root.positions.cpu(),
+        last_logits=adapter.logits(root.hidden[:, -1:, :]).reshape(-1).cpu(),
+    )
+
+
+def _package(
+    tensors: _Tensors,
+    model_type: str,
+    prompt: _Prompt,
+    plan: Plan,
+    schedule: LayerSchedule,
+    resolved: ResolvedConfig,
+    ablations: Ablations,
+    focus: str | None,
+) -> HomerCache:
+    """The cache, with what made it."""
     info = CacheInfo(
-        prefix_text=prefix_text,
-        suffix_text=suffix_text,
+        prefix_text=prompt.prefix_text,
+        suffix_text=prompt.suffix_text,
         focus=focus,
         document_tokens=plan.context_len,
         prefix_tokens=plan.prefix_len,
         suffix_tokens=plan.suffix_len,
         num_chunks=plan.num_chunks,
         height=plan.height,
-        settings={**resolved.to_dict(), "warmup_layers": warmup},
-        model_type=adapter.model_type,
+        settings={
+            **resolved.to_dict(),
+            "warmup_layers": schedule.warmup,
+            "ablations": ablations.to_dict(),
+        },
+        model_type=model_type,
     )
     return HomerCache(
-        keys=keys,
-        values=values,
-        token_ids=token_ids,
-        positions=positions,
-        last_logits=last_logits,
+        keys=tensors.keys,
+        values=tensors.values,
+        token_ids=tensors.token_ids,
+        positions=tensors.positions,
+        last_logits=tensors.last_logits,
         info=info,
     )

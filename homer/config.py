@@ -1,21 +1,18 @@
-"""HOMER's settings: a frozen, validated dataclass, and its resolution against a concrete model.
+"""HOMER's settings: what a user chooses, and its resolution against a concrete model.
 
-`HomerConfig` holds what the user chooses (every size may be `None`, meaning "derive it from the
-model"). `HomerConfig.resolve` turns it into a `ResolvedConfig` with concrete integers for one
-model. Nothing here touches torch.
+`HomerConfig` holds the paper's three sizes (each `None` means "derive it from the model") and the
+pruning rule (`homer.pruning`). `HomerConfig.resolve` turns it into a `ResolvedConfig` with
+concrete integers for one model. `Ablations` are the switches that exist to measure what a part
+of HOMER is worth; they are an argument of `compress`, not part of a user's settings. Nothing
+here runs a model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-Reduction = Literal["paper", "spans"]
-MergeMask = Literal["sequence", "position"]
-FinalPositions = Literal["compact", "paper"]
-BiasMode = Literal["calibrated"]
-SiblingBudget = Literal["halves", "shared"]
+from homer.pruning import PruningRule, SpanPruning
 
 #: The paper uses 12 warm-up layers for 32-layer Llama-2 models (the `homer-paper-warmup`
 #: ablation keeps that share of any model's depth).
@@ -24,31 +21,21 @@ PAPER_WARMUP_FRACTION = 12 / 32
 #: Our default share: half the model's depth, rounded. On the embedded 30-layer model, 15 warm-up
 #: layers instead of the paper's 11 raised passkey retrieval on 15 (length, depth) conditions
 #: from 6/15 to 10/15 (14-18 layers all did better than 11) and on 30 fresh ones from 16/30 to
-#: 18/30 (docs/RESULTS.md): chunks keep more layers of full, unpruned context before pruning.
+#: 18/30 (docs/notes/): chunks keep more layers of full, unpruned context before pruning.
 DEFAULT_WARMUP_FRACTION = 1 / 2
 
-#: Default `rare_word_boost` with `reduction="spans"`. Session 2: on 16k tokens of prose, 2.0 took
-#: facts' key spans from 4/10 to 10/10 surviving (1.0 gave 8/10). Session 5, with names and
-#: numbers favoured over other rare words (`homer.words.fact_words`): 4.0 kept all 6 of the names
-#: that 2.0 and 3.0 lost at 32k (docs/RESULTS.md).
-DEFAULT_RARE_WORD_BOOST = 4.0
-
-#: Default `run_radius` with `reduction="spans"`. Session 6, natural-prose needles on the embedded
-#: model: answered 8/20 at 32k and 2/20 at 16k (1/20 and 0/20 without runs; the plain model on a
-#: one-chunk excerpt: 4/20 and 6/20), passkey 30/30, perplexity no worse; the cost was the
-#: weakest names at 32k (key kept 17/20 instead of 20/20), which `keep_facts` (session 7) wins
-#: back: 20/20 at both lengths, answering 6/20 at 32k and 2/20 at 16k. docs/RESULTS.md.
-DEFAULT_RUN_RADIUS = 8
-
-
-#: Default `sibling_budget`. Session 9, natural-prose needles on the embedded model: "shared"
-#: answered 7/60 and 16/40 on the mixed haystack at 16k and 32k, and 13/40 on clean prose at 16k,
-#: against 5/60, 15/40 and 7/40 with halves (the same needles: 14 answered only with shared, 5
-#: only with halves; sign test p = 0.06), keys 100% either way. But shared holds each level's
-#: left sibling unpruned, twice the tokens, until the right one is done: peak memory grew 37.5%
-#: from 8k to 64k (halves: 3.9%), past issue 2's 25%, and at a 7B model's shape it is up to a
-#: gigabyte per level. docs/RESULTS.md.
-DEFAULT_SIBLING_BUDGET: SiblingBudget = "halves"
+#: The content key of a cache built with the default rule, as homer recorded it before pruning
+#: rules were objects: kept so re-ingesting a document finds the cache saved back then.
+_SPAN_DEFAULT_KEY = {
+    "bias": "calibrated",
+    "reduction": "spans",
+    "merge_mask": "sequence",
+    "rare_word_boost": None,
+    "positions": "compact",
+    "run_radius": None,
+    "keep_facts": None,
+    "sibling_budget": None,
+}
 
 
 def default_warmup_layers(num_layers: int) -> int:
@@ -68,63 +55,26 @@ class HomerConfig:
             exceed `max_chunk_len` (a merged node never holds more than about `M` tokens).
         warmup_layers: layers every leaf runs alone before any merge (`W`). Default: half the
             model's depth (the paper used 12/32; see `DEFAULT_WARMUP_FRACTION`).
-        bias: `"calibrated"` subtracts the per-model, per-distance calibration bias from the
-            significance scores (the paper's rule); `None` uses raw logits (an ablation).
-        reduction: `"spans"` (default) keeps whole words and numbers by pooling significance over
-            each word's tokens; `"paper"` selects single tokens, as in the paper.
-        rare_word_boost: how much a word that is rare in this document is favoured when pruning:
-            its score rises by `boost * std(scores) / count`, where `count` is how often the very
-            same word occurs in the document (words seen more than 4 times count as common). Only
-            numbers and names (a digit, or a capital the sentence does not force) get the whole
-            lift; other rare words get a quarter of it. The words within 3 of a rare word get half
-            its lift, so a fact keeps the small words that make it readable. A fact stated once
-            (a code, an invented name) is a word seen once; filler repeats. Default: 4.0 with
-            `"spans"`, 0 with `"paper"` (the paper has no such prior). 0 turns it off.
-        run_radius: tokens on each side from which a token may inherit a neighbour's score (less
-            0.2 standard deviations per token of distance; `homer.significance.spread_to_runs`),
-            so strong words keep the words around them and the cache holds readable runs of text
-            instead of isolated words. Default: 8 with `"spans"`, 0 with `"paper"`. 0 turns it
-            off.
-        keep_facts: with runs, first keep every rare number or name (a word `rare_word_boost`
-            lifts in full, seen at most 4 times) that its own score would keep without runs,
-            and let runs fill only the room left (`homer.significance.reserve_facts`). Without
-            it, the borrowed scores of strong facts' neighbours push weaker facts out. Default:
-            True with `"spans"`, False with `"paper"`. Has no effect when `run_radius` is 0.
-        sibling_budget: how two siblings about to merge share the merged node's room.
-            `"halves"` (the paper): each keeps half, whatever it holds. `"shared"`: both finish
-            their stage unpruned, their prunable tokens are ranked together (scores after the
-            rarity prior and runs) and each keeps as many as it places in the joint best, so a
-            chunk dense in strong tokens takes room from a sparse sibling
-            (`homer.significance.share_budget`). It holds one unpruned sibling per level until
-            the other is done. Default: `"halves"` (`DEFAULT_SIBLING_BUDGET`): shared answered
-            a few more needles, within noise, at a clear cost in peak memory (docs/RESULTS.md).
-        positions: position ids of the final cache. `"compact"` (default) turns its keys to
-            consecutive positions `0 .. T-1` in document order, so a question reads the kept
-            tokens as one sequence; `"paper"` keeps the positions the merges left, where every
-            leaf reused the same range. Passkey on the embedded model, same haystacks: 53/60
-            against 36/60 over 8k-32k (19/20 against 11/20 at 32k), at a cost of 0.4-0.9% in
-            perplexity (docs/RESULTS.md).
+        pruning: how each node scores and keeps its tokens (`homer.pruning`): `SpanPruning()`
+            (default) or `PaperPruning()`, or a rule of your own.
     """
 
     max_chunk_len: int | None = None
     target_len: int | None = None
     warmup_layers: int | None = None
-    bias: BiasMode | None = "calibrated"
-    reduction: Reduction = "spans"
-    merge_mask: MergeMask = "sequence"
-    rare_word_boost: float | None = None
-    positions: FinalPositions = "compact"
-    run_radius: int | None = None
-    keep_facts: bool | None = None
-    sibling_budget: SiblingBudget | None = None
+    pruning: PruningRule = field(default_factory=SpanPruning)
 
     def __post_init__(self) -> None:
         for name in ("max_chunk_len", "target_len"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 8):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 8
+            ):
                 raise ValueError(f"{name} must be an integer >= 8 or None, got {value!r}")
         if self.warmup_layers is not None and (
-            not isinstance(self.warmup_layers, int) or self.warmup_layers < 0
+            isinstance(self.warmup_layers, bool)
+            or not isinstance(self.warmup_layers, int)
+            or self.warmup_layers < 0
         ):
             raise ValueError(
                 f"warmup_layers must be an integer >= 0 or None, got {self.warmup_layers!r}"
@@ -138,36 +88,22 @@ class HomerConfig:
                 f"target_len ({self.target_len}) cannot exceed max_chunk_len "
                 f"({self.max_chunk_len}): raise max_chunk_len or lower target_len"
             )
-        if self.bias not in ("calibrated", None):
-            raise ValueError(f"bias must be 'calibrated' or None, got {self.bias!r}")
-        if self.merge_mask not in ("sequence", "position"):
+        if not isinstance(self.pruning, PruningRule):
             raise ValueError(
-                f"merge_mask must be 'sequence' or 'position', got {self.merge_mask!r}"
-            )
-        if self.positions not in ("compact", "paper"):
-            raise ValueError(f"positions must be 'compact' or 'paper', got {self.positions!r}")
-        if self.reduction not in ("paper", "spans"):
-            raise ValueError(f"reduction must be 'paper' or 'spans', got {self.reduction!r}")
-        boost = self.rare_word_boost
-        if boost is not None and (
-            isinstance(boost, bool) or not isinstance(boost, int | float) or not 0 <= boost < 1e6
-        ):
-            raise ValueError(f"rare_word_boost must be a number >= 0 or None, got {boost!r}")
-        radius = self.run_radius
-        if radius is not None and (
-            isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= 1024
-        ):
-            raise ValueError(f"run_radius must be an integer in 0..1024 or None, got {radius!r}")
-        if self.keep_facts is not None and not isinstance(self.keep_facts, bool):
-            raise ValueError(f"keep_facts must be True, False or None, got {self.keep_facts!r}")
-        if self.sibling_budget not in ("halves", "shared", None):
-            raise ValueError(
-                f"sibling_budget must be 'halves', 'shared' or None, got {self.sibling_budget!r}"
+                f"pruning must be a homer.pruning rule (SpanPruning(), PaperPruning(), ...), "
+                f"got {self.pruning!r}"
             )
 
     def key_settings(self) -> dict[str, Any]:
         """The settings as the store's content key and metadata record them (JSON-able)."""
-        return dataclasses.asdict(self)
+        sizes = {
+            "max_chunk_len": self.max_chunk_len,
+            "target_len": self.target_len,
+            "warmup_layers": self.warmup_layers,
+        }
+        if self.pruning == SpanPruning():
+            return {**sizes, **_SPAN_DEFAULT_KEY}
+        return {**sizes, "pruning": self.pruning.settings()}
 
     def resolve(self, *, num_layers: int, window: int) -> ResolvedConfig:
         """Concrete sizes for a model with `num_layers` decoder layers and a `window`-token context.
@@ -202,26 +138,7 @@ class HomerConfig:
             warmup_layers=warmup,
             num_layers=num_layers,
             window=window,
-            bias=self.bias,
-            reduction=self.reduction,
-            merge_mask=self.merge_mask,
-            rare_word_boost=float(
-                self.rare_word_boost
-                if self.rare_word_boost is not None
-                else (DEFAULT_RARE_WORD_BOOST if self.reduction == "spans" else 0.0)
-            ),
-            positions=self.positions,
-            run_radius=(
-                self.run_radius
-                if self.run_radius is not None
-                else (DEFAULT_RUN_RADIUS if self.reduction == "spans" else 0)
-            ),
-            keep_facts=(
-                self.keep_facts if self.keep_facts is not None else self.reduction == "spans"
-            ),
-            sibling_budget=(
-                self.sibling_budget if self.sibling_budget is not None else DEFAULT_SIBLING_BUDGET
-            ),
+            pruning=self.pruning,
         )
 
 
@@ -234,14 +151,47 @@ class ResolvedConfig:
     warmup_layers: int
     num_layers: int
     window: int
-    bias: BiasMode | None
-    reduction: Reduction
-    merge_mask: MergeMask = "sequence"
-    rare_word_boost: float = 0.0
-    positions: FinalPositions = "compact"
-    run_radius: int = 0
-    keep_facts: bool = False
-    sibling_budget: SiblingBudget = "halves"
+    pruning: PruningRule = field(default_factory=SpanPruning)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "max_chunk_len": self.max_chunk_len,
+            "target_len": self.target_len,
+            "warmup_layers": self.warmup_layers,
+            "num_layers": self.num_layers,
+            "window": self.window,
+            "pruning": self.pruning.settings(),
+        }
+
+
+@dataclass(frozen=True)
+class Ablations:
+    """Switches that take a part of HOMER out, to measure what it is worth. The defaults are
+    HOMER; a user has no reason to change them. Recorded in a cache's settings.
+
+    Attributes:
+        calibrated_bias: subtract the per-model, per-distance calibration bias from the
+            significance scores (the paper's rule); False ranks by raw logits.
+        position_mask: in merged nodes, also forbid attending to larger position ids (the
+            merged halves reuse one position range); measured not worth a default.
+        compact_positions: turn the final cache's keys to consecutive positions `0 .. T-1` in
+            document order, so a question reads the kept tokens as one sequence; False keeps
+            the positions the merges left, where every leaf reused the same range (passkey on
+            the embedded model: 53/60 against 36/60 over 8k-32k, at 0.4-0.9% in perplexity).
+    """
+
+    calibrated_bias: bool = True
+    position_mask: bool = False
+    compact_positions: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value in self.to_dict().items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+
+    def to_dict(self) -> dict[str, bool]:
+        return {
+            "calibrated_bias": self.calibrated_bias,
+            "position_mask": self.position_mask,
+            "compact_positions": self.compact_positions,
+        }

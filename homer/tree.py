@@ -3,14 +3,17 @@
 `run_tree` composes the pure pieces (plan, chunking, significance, merging) with the model
 adapter. It evaluates the tree post-order: finish the left subtree, then the right, then merge,
 so only token ids exist for chunks not reached yet and at most one finished sibling per level is
-alive; peak memory grows with the tree's height, not the document (ALGORITHM.md §7). It knows
+alive; peak memory grows with the tree's height, not the document (ALGORITHM.md §7). How a
+node scores and prunes its tokens is the pruning rule's business (`homer.pruning`). It knows
 nothing of prompts, tokenizers or files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,17 +24,9 @@ import torch
 from homer.adapter import ModelAdapter
 from homer.chunking import make_leaf
 from homer.merging import NodeState, apply_keep, merge_nodes
+from homer.pruning import PruningRule, Scores, WordTables
 from homer.schedule import LayerSchedule, Plan
-from homer.significance import (
-    boost_rare,
-    last_query_logits,
-    reserve_facts,
-    select_tokens,
-    select_words,
-    share_budget,
-    significance,
-    spread_to_runs,
-)
+from homer.significance import last_query_logits, share_budget
 
 
 @dataclass(frozen=True)
@@ -65,31 +60,22 @@ class _Node(NodeState):
 
 @dataclass(frozen=True)
 class TreeInputs:
-    """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and word ids `(C,)`.
-
-    `word_rarity` is `(num_words,)` float, how rare each document word is, neighbours' share
-    included (`homer.words.word_rarity`, then `widen`); None when no rarity prior is used.
-    `word_facts` is `(num_words,)` bool, the rare numbers and names (`homer.words.fact_words`
-    seen at most `RARE_MAX_COUNT` times); None when facts are not reserved.
-    """
+    """Token ids of the three prompt parts, `(P,)`, `(C,)`, `(S,)` int64, and what the pruning
+    rule knows of the whole document (`tables`: word ids `(C,)` and any per-word tables)."""
 
     prefix: torch.Tensor
     context: torch.Tensor
     suffix: torch.Tensor
-    context_words: torch.Tensor
-    word_rarity: torch.Tensor | None = None
-    word_facts: torch.Tensor | None = None
+    tables: WordTables
 
 
 @dataclass(frozen=True)
 class _Scored:
-    """A node after its stage's layers, and its `(T,)` scores for pruning: after the rarity
-    prior and runs (`scores`) and before runs (`own`). Both are None when the node needs no
-    pruning."""
+    """A node after its stage's layers, and its scores for pruning (None when the node needs
+    no pruning)."""
 
     node: NodeState
-    scores: torch.Tensor | None = None
-    own: torch.Tensor | None = None
+    scores: Scores | None = None
 
 
 @dataclass(frozen=True)
@@ -143,12 +129,6 @@ def _renumbered(node: NodeState, shift: int) -> NodeState:
     return dataclasses.replace(node, word_ids=torch.where(words >= 0, words + shift, words))
 
 
-def _per_token(table: torch.Tensor, words: torch.Tensor, fill: float | bool) -> torch.Tensor:
-    """`(T,)` values of a per-word `(num_words,)` table at each token's word; `fill` for the
-    prompt's tokens (word id -1)."""
-    return table.to(words.device)[words.clamp(min=0)].masked_fill(words < 0, fill)
-
-
 class TreeRunner:
     """Runs one document through the merge tree.
 
@@ -156,17 +136,12 @@ class TreeRunner:
         adapter: the model.
         plan: sizes of the tree.
         schedule: layer ranges per level.
+        rule: how nodes score and keep their tokens, and how siblings share room.
         bias: `(num_layers, max_distance)` calibration bias, or None for raw logits.
-        whole_words: keep words whole when pruning (span-aware selection).
-        position_mask: in merged nodes, also forbid attending to larger position ids.
-        rare_word_boost: weight of the in-document rarity prior (see `HomerConfig`); 0 = none.
-        run_radius: tokens from which a token may inherit a neighbour's score (see
-            `HomerConfig`); 0 = none.
-        keep_facts: with runs, keep the fact words that their own scores win before any run
-            (`homer.significance.reserve_facts`; needs `TreeInputs.word_facts`).
-        shared_budget: siblings split their merged node's room by one ranking of both
-            (`HomerConfig.sibling_budget="shared"`) instead of keeping half each.
+        position_mask: in merged nodes, also forbid attending to larger position ids (an
+            ablation; `homer.config.Ablations`).
         progress: called after every node.
+        memo: finished subtrees to reuse (`SubtreeMemo`).
     """
 
     def __init__(
@@ -174,45 +149,40 @@ class TreeRunner:
         adapter: ModelAdapter,
         plan: Plan,
         schedule: LayerSchedule,
+        rule: PruningRule,
         bias: torch.Tensor | None,
-        whole_words: bool,
+        *,
+        position_mask: bool = False,
         progress: ProgressCallback | None = None,
         memo: SubtreeMemo | None = None,
-        position_mask: bool = False,
-        rare_word_boost: float = 0.0,
-        run_radius: int = 0,
-        keep_facts: bool = False,
-        shared_budget: bool = False,
     ) -> None:
         self.adapter = adapter
-        self.shared_budget = shared_budget
-        self.keep_facts = keep_facts
-        self._word_facts: torch.Tensor | None = None
-        self.rare_word_boost = rare_word_boost
-        self.run_radius = run_radius
-        self._word_rarity: torch.Tensor | None = None
-        self.position_mask = position_mask
-        self.memo = memo
-        # What else a subtree's result depends on: the model object and the bias values.
-        bias_digest = "" if bias is None else hashlib.sha256(bias.numpy().tobytes()).hexdigest()
-        self._setup_id = (
-            id(adapter.model),
-            bias_digest,
-            tuple(schedule.layers(0)),
-            position_mask,
-            rare_word_boost,
-            run_radius,
-            keep_facts,
-            shared_budget,
-        )
         self.plan = plan
         self.schedule = schedule
+        self.rule = rule
         self.bias = bias
-        self.whole_words = whole_words
+        self.position_mask = position_mask
         self.progress = progress
+        self.memo = memo
         self._alive: weakref.WeakSet[_Node] = weakref.WeakSet()
         self._done = 0
         self.max_alive = 0
+
+    @functools.cached_property
+    def _setup_digest(self) -> str:
+        """Everything besides its tokens that a subtree's result depends on, as one digest:
+        the model object, the bias values, the plan, the layer schedule and every setting of
+        the rule (its fields, whatever they are)."""
+        digest = hashlib.sha256()
+        digest.update(repr((id(self.adapter.model), self.plan, self.position_mask)).encode())
+        digest.update(
+            repr([self.schedule.layers(level) for level in range(self.plan.height + 1)]).encode()
+        )
+        digest.update(json.dumps(self.rule.settings(), sort_keys=True, default=str).encode())
+        digest.update(type(self.rule).__qualname__.encode())
+        if self.bias is not None:
+            digest.update(self.bias.numpy().tobytes())
+        return digest.hexdigest()
 
     # -- one node ----------------------------------------------------------------------------
 
@@ -222,7 +192,7 @@ class TreeRunner:
         self.max_alive = max(self.max_alive, len(self._alive))
         return tracked
 
-    def _run_stage(self, node: NodeState, level: int) -> _Scored:
+    def _run_stage(self, node: NodeState, level: int, tables: WordTables) -> _Scored:
         """Run the node's layers and score its tokens at the stage's last layer (unpruned)."""
         layers = self.schedule.layers(level)
         last = layers[-1]
@@ -246,47 +216,33 @@ class TreeRunner:
             return _Scored(node)
         logits = last_query_logits(run.queries[last], run.keys[-1][0], run.scaling[last])
         layer_bias = None if self.bias is None else self.bias[last]
-        scores = significance(logits, node.positions.to(logits.device), layer_bias)
-        prunable = self._prunable(node.length).to(scores.device)
-        words = node.word_ids.to(scores.device)
-        if self.rare_word_boost and self._word_rarity is not None:
-            rarity = _per_token(self._word_rarity, words, 0.0)
-            scores = boost_rare(scores, prunable, rarity, self.rare_word_boost)
-        own = scores
-        if self.run_radius:
-            scores = spread_to_runs(scores, prunable, self.run_radius)
-        return _Scored(node, scores, own)
+        base = self.rule.significance(logits, node.positions.to(logits.device), layer_bias)
+        prunable = self._prunable(node.length).to(base.device)
+        words = node.word_ids.to(base.device)
+        return _Scored(node, self.rule.score(base, prunable, words, tables))
 
-    def _prune(self, scored: _Scored, keep: int) -> NodeState:
+    def _prune(self, scored: _Scored, keep: int, tables: WordTables) -> NodeState:
         """The node cut to `keep` tokens (itself when it is no longer)."""
         node = scored.node
         if node.length <= keep:
             return node
-        if scored.scores is None or scored.own is None:
+        if scored.scores is None:
             raise RuntimeError("a node longer than its target was not scored")
-        scores = scored.scores
-        prunable = self._prunable(node.length).to(scores.device)
-        words = node.word_ids.to(scores.device)
-        if self.run_radius and self.keep_facts and self._word_facts is not None:
-            facts = _per_token(self._word_facts, words, False)
-            protected = int((~prunable).sum())
-            scores = reserve_facts(scores, scored.own, prunable, facts, keep - protected)
-        if self.whole_words:
-            indices = select_words(scores, prunable, words, keep)
-        else:
-            indices = select_tokens(scores, prunable, keep)
-        return apply_keep(node, indices)
+        device = scored.scores.ranked.device
+        prunable = self._prunable(node.length).to(device)
+        words = node.word_ids.to(device)
+        return apply_keep(node, self.rule.select(scored.scores, prunable, words, tables, keep))
 
     def _waits_for_parent(self, level: int) -> bool:
         """Under shared budgets a child is pruned by its parent, which splits the room."""
-        return self.shared_budget and level < self.plan.height
+        return self.rule.shares_budget and level < self.plan.height
 
-    def _finish(self, scored: _Scored, level: int) -> _Scored:
+    def _finish(self, scored: _Scored, level: int, tables: WordTables) -> _Scored:
         """With halves, a node prunes itself to its level's target at once (the paper); with
         shared budgets only the root does, and a child waits for its parent to split the room."""
         if self._waits_for_parent(level):
             return dataclasses.replace(scored, node=self._track(scored.node))
-        return _Scored(self._track(self._prune(scored, self.plan.keep_at(level))))
+        return _Scored(self._track(self._prune(scored, self.plan.keep_at(level), tables)))
 
     def _shares(self, left: _Scored, right: _Scored, keep: int) -> tuple[int, int]:
         """Target lengths of two siblings that would each keep `keep` with halves, from one
@@ -295,9 +251,10 @@ class TreeRunner:
         for child in (left, right):
             if child.scores is None:
                 raise RuntimeError("a child under shared budgets was not scored")
-            prunable = self._prunable(child.node.length).to(child.scores.device)
+            ranked = child.scores.ranked
+            prunable = self._prunable(child.node.length).to(ranked.device)
             protected.append(int((~prunable).sum()))
-            pools.append(child.scores[prunable])
+            pools.append(ranked[prunable])
         total = sum(min(keep - p, pool.numel()) for p, pool in zip(protected, pools, strict=True))
         from_left, from_right = share_budget(pools[0], pools[1], total)
         return protected[0] + from_left, protected[1] + from_right
@@ -321,7 +278,7 @@ class TreeRunner:
 
     def _leaf(self, index: int, inputs: TreeInputs) -> _Scored:
         leaf = make_leaf(self.plan, index, inputs.prefix, inputs.context, inputs.suffix)
-        piece = inputs.context_words[
+        piece = inputs.tables.word_ids[
             leaf.start : leaf.start
             + leaf.token_ids.shape[0]
             - self.plan.prefix_len
@@ -336,7 +293,7 @@ class TreeRunner:
         )
         hidden = self.adapter.embed(leaf.token_ids)
         start = NodeState(hidden, leaf.token_ids, leaf.positions, words, [], [])
-        scored = self._finish(self._run_stage(start, 0), 0)
+        scored = self._finish(self._run_stage(start, 0, inputs.tables), 0, inputs.tables)
         self._report("leaf", 0)
         return scored
 
@@ -348,21 +305,20 @@ class TreeRunner:
 
     def _memo_key(self, start: int, stop: int, level: int, inputs: TreeInputs) -> str:
         """The subtree over document tokens `[start, stop)` at `level`, as one digest."""
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(self._setup_digest.encode())
         parts = [inputs.prefix, inputs.context[start:stop], inputs.suffix]
         if stop > start:
             # The per-word tables depend on the whole document (word counts): a moved needle
             # changes them elsewhere, so the subtree's slice of each is part of its input.
-            words = inputs.context_words[start:stop]
+            words = inputs.tables.word_ids[start:stop]
             span = slice(int(words[0]), int(words[-1]) + 1)
-            if inputs.word_rarity is not None and self.rare_word_boost:
-                parts.append(inputs.word_rarity[span])
-            if inputs.word_facts is not None and self.keep_facts:
-                parts.append(inputs.word_facts[span])
+            for table in (inputs.tables.rarity, inputs.tables.facts):
+                if table is not None:
+                    parts.append(table[span])
         for part in parts:
             digest.update(part.numpy().tobytes())
             digest.update(b"|")
-        digest.update(repr((self.plan, level, self.whole_words, self._setup_id)).encode())
+        digest.update(repr(level).encode())
         return digest.hexdigest()
 
     def _subtree(self, first: int, level: int, inputs: TreeInputs) -> _Scored:
@@ -370,7 +326,7 @@ class TreeRunner:
             return self._compute_subtree(first, level, inputs)
         start, stop = self._span(first, level)
         key = self._memo_key(start, stop, level, inputs)
-        first_word = int(inputs.context_words[start]) if stop > start else 0
+        first_word = int(inputs.tables.word_ids[start]) if stop > start else 0
         found = self.memo.get(key)
         if found is not None:
             node = self._track(_renumbered(found.scored.node, first_word - found.first_word))
@@ -389,22 +345,20 @@ class TreeRunner:
         keep = self.plan.keep_at(level - 1)
         # With halves both children are already at `keep`, and pruning them again is a no-op.
         keep_left, keep_right = (
-            self._shares(left, right, keep) if self.shared_budget else (keep, keep)
+            self._shares(left, right, keep) if self.rule.shares_budget else (keep, keep)
         )
         merged = merge_nodes(
-            self._prune(left, keep_left),
-            self._prune(right, keep_right),
+            self._prune(left, keep_left, inputs.tables),
+            self._prune(right, keep_right, inputs.tables),
             self.plan.prefix_len,
             self.plan.suffix_len,
         )
         del left, right
-        scored = self._finish(self._run_stage(merged, level), level)
+        scored = self._finish(self._run_stage(merged, level, inputs.tables), level, inputs.tables)
         self._report("merge", level)
         return scored
 
     def run(self, inputs: TreeInputs) -> NodeState:
         """The root's state: every layer's keys and values, `plan.final_len` tokens each."""
-        self._word_rarity = inputs.word_rarity
-        self._word_facts = inputs.word_facts
         with torch.inference_mode():
             return self._subtree(0, self.plan.height, inputs).node

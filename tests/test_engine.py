@@ -18,14 +18,17 @@ import homer.tree
 from homer import HomerConfig, compress, generate
 from homer.adapter import ModelAdapter, output_cache
 from homer.calibration import calibrate, calibration_text
+from homer.config import Ablations
 from homer.positions import turn_keys
 from homer.prompts import PromptTemplate, encode
+from homer.pruning import PaperPruning, SpanPruning
 from homer.schedule import LayerSchedule
 from tests.tiny import make_tiny_model_dir
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
 ATTNS = ["sdpa", "eager"]
 TEXT = calibration_text()
+NO_BIAS = Ablations(calibrated_bias=False)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +130,8 @@ def test_every_layer_has_the_final_length_and_affixes_survive(
     tiny: tuple[Any, Any], target: int | None
 ) -> None:
     model, tokenizer = tiny
-    config = HomerConfig(max_chunk_len=128, target_len=target, bias=None)
-    cache = compress(model, tokenizer, TEXT[:3000], config)
+    config = HomerConfig(max_chunk_len=128, target_len=target)
+    cache = compress(model, tokenizer, TEXT[:3000], config, ablations=NO_BIAS)
     template = PromptTemplate.for_tokenizer(tokenizer)
     prefix, suffix = encode(tokenizer, template.prefix()), encode(tokenizer, template.suffix())
     context = encode(tokenizer, TEXT[:3000])
@@ -174,7 +177,8 @@ def test_each_node_drops_exactly_down_to_its_target(
         return out
 
     monkeypatch.setattr(homer.tree, "apply_keep", spy)
-    config = HomerConfig(max_chunk_len=128, target_len=90, sibling_budget=budget)  # type: ignore[arg-type]
+    rule = SpanPruning(sibling_budget=budget)  # type: ignore[arg-type]
+    config = HomerConfig(max_chunk_len=128, target_len=90, pruning=rule)
     cache = compress(model, tokenizer, TEXT[:3000], config)
     p, s = cache.info.prefix_tokens, cache.info.suffix_tokens
     child_keep = p + (128 - p - s) // 2 + s
@@ -212,7 +216,9 @@ def test_layers_run_cover_the_model_once_along_every_path(
         return real(self, hidden, rope, layers, query_layers, mask)
 
     monkeypatch.setattr(ModelAdapter, "run_layers", spy)
-    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128, bias=None))
+    cache = compress(
+        model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128), ablations=NO_BIAS
+    )
     height = cache.info.height
     schedule = LayerSchedule(6, cache.info.settings["warmup_layers"], height)
     # Post-order: each leaf run is followed by merges up the levels it completes.
@@ -240,8 +246,9 @@ def test_chunks_alive_never_exceed_height_plus_one(
         model,
         tokenizer,
         (TEXT * 2)[:chars],
-        HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget),  # type: ignore[arg-type]
+        HomerConfig(max_chunk_len=128, pruning=SpanPruning(sibling_budget=budget)),  # type: ignore[arg-type]
         progress=events.append,
+        ablations=NO_BIAS,
     )
     tree_events = [e for e in events if e.stage in ("leaf", "merge")]
     assert len(tree_events) == 2 * cache.info.num_chunks - 1
@@ -267,7 +274,9 @@ def test_answering_leaves_the_cache_bit_identical(tiny: tuple[Any, Any]) -> None
 
 def test_sampling_is_reproducible_with_a_seed(model_dirs: dict[str, Path]) -> None:
     model, tokenizer = load(model_dirs["llama"], "sdpa")
-    cache = compress(model, tokenizer, TEXT[:500], HomerConfig(max_chunk_len=128, bias=None))
+    cache = compress(
+        model, tokenizer, TEXT[:500], HomerConfig(max_chunk_len=128), ablations=NO_BIAS
+    )
 
     def answer(seed: int) -> list[int]:
         stream = generate(
@@ -297,7 +306,7 @@ def test_calibration_is_built_once_and_cached(
     assert torch.equal(first.bias, second.bias)
     assert (
         calibrate(
-            model, tokenizer, HomerConfig(max_chunk_len=128, reduction="paper"), samples=3
+            model, tokenizer, HomerConfig(max_chunk_len=128, pruning=PaperPruning()), samples=3
         ).mode
         == "plain"
     )
@@ -306,10 +315,9 @@ def test_calibration_is_built_once_and_cached(
 def test_bias_changes_which_tokens_survive(model_dirs: dict[str, Path]) -> None:
     model, tokenizer = load(model_dirs["llama"], "sdpa")
     text = TEXT[:3000]
-    raw = compress(
-        model, tokenizer, text, HomerConfig(max_chunk_len=128, bias=None, reduction="paper")
-    )
-    calibrated = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, reduction="paper"))
+    config = HomerConfig(max_chunk_len=128, pruning=PaperPruning())
+    raw = compress(model, tokenizer, text, config, ablations=NO_BIAS)
+    calibrated = compress(model, tokenizer, text, config)
     assert raw.length == calibrated.length
     assert raw.token_ids.tolist() != calibrated.token_ids.tolist()
 
@@ -320,8 +328,9 @@ def test_query_aware_suffix_holds_the_question(model_dirs: dict[str, Path]) -> N
         model,
         tokenizer,
         TEXT[:2000],
-        HomerConfig(max_chunk_len=160, bias=None),
+        HomerConfig(max_chunk_len=160),
         focus="Who is Tom?",
+        ablations=NO_BIAS,
     )
     assert "Who is Tom?" in cache.info.suffix_text
     assert tokenizer.decode(cache.token_ids[-cache.info.suffix_tokens :]).endswith("Who is Tom?")
@@ -335,7 +344,13 @@ def test_compact_cache_is_the_paper_cache_turned_to_consecutive_positions(
 ) -> None:
     model, tokenizer = tiny
     text = TEXT[:3000]
-    paper = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128, positions="paper"))
+    paper = compress(
+        model,
+        tokenizer,
+        text,
+        HomerConfig(max_chunk_len=128),
+        ablations=Ablations(compact_positions=False),
+    )
     compact = compress(model, tokenizer, text, HomerConfig(max_chunk_len=128))
     assert compact.info.height >= 2
     assert sorted(set(paper.positions.tolist())) != paper.positions.tolist()  # reused ranges
@@ -347,7 +362,7 @@ def test_compact_cache_is_the_paper_cache_turned_to_consecutive_positions(
     for a, b in zip(compact.keys, paper.keys, strict=True):
         torch.testing.assert_close(a, turn_keys(b, cos, sin))
         assert not torch.allclose(a, b)
-    assert compact.info.settings["positions"] == "compact"
+    assert compact.info.settings["ablations"]["compact_positions"] is True
     assert "".join(generate(model, tokenizer, compact, "Who is Tom?", max_new_tokens=4))
 
 
@@ -358,15 +373,16 @@ def test_memo_reuses_unchanged_subtrees_bit_for_bit(
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load(model_dirs["llama"], "sdpa")
-    config = HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
+    rule = SpanPruning(sibling_budget=budget)  # type: ignore[arg-type]
+    config = HomerConfig(max_chunk_len=128, pruning=rule)
     text = TEXT[:3000] + " The code is 4719 ."
     edited = TEXT[:3000] + " The code is 4718 ."  # only the last chunk changes
     assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
     memo = SubtreeMemo()
-    compress(model, tokenizer, text, config, memo=memo)
+    compress(model, tokenizer, text, config, memo=memo, ablations=NO_BIAS)
     misses = memo.misses
-    with_memo = compress(model, tokenizer, edited, config, memo=memo)
-    fresh = compress(model, tokenizer, edited, config)
+    with_memo = compress(model, tokenizer, edited, config, memo=memo, ablations=NO_BIAS)
+    fresh = compress(model, tokenizer, edited, config, ablations=NO_BIAS)
     assert memo.hits >= 1 and memo.misses - misses < misses
     assert torch.equal(with_memo.token_ids, fresh.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
@@ -382,14 +398,15 @@ def test_memo_reuses_a_subtree_whose_words_moved(model_dirs: dict[str, Path], bu
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load(model_dirs["llama"], "sdpa")
-    config = HomerConfig(max_chunk_len=128, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
+    rule = SpanPruning(sibling_budget=budget)  # type: ignore[arg-type]
+    config = HomerConfig(max_chunk_len=128, pruning=rule)
     text = "Then 12 and " + TEXT[:3000] + " The code is 4719 ."
     edited = "Then 1 2 and " + TEXT[:3000] + " The code is 4719 ."
     assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
     memo = SubtreeMemo()
-    compress(model, tokenizer, text, config, memo=memo)
-    with_memo = compress(model, tokenizer, edited, config, memo=memo)
-    fresh = compress(model, tokenizer, edited, config)
+    compress(model, tokenizer, text, config, memo=memo, ablations=NO_BIAS)
+    with_memo = compress(model, tokenizer, edited, config, memo=memo, ablations=NO_BIAS)
+    fresh = compress(model, tokenizer, edited, config, ablations=NO_BIAS)
     assert memo.hits >= 1
     assert torch.equal(with_memo.token_ids, fresh.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
@@ -416,11 +433,12 @@ def test_position_mask_forbids_only_keys_from_the_future(
 
 def test_position_mask_keeps_every_invariant(model_dirs: dict[str, Path]) -> None:
     model, tokenizer = load(model_dirs["qwen3"], "sdpa")
-    config = HomerConfig(max_chunk_len=128, target_len=100, merge_mask="position")
-    cache = compress(model, tokenizer, TEXT[:3000], config)
+    config = HomerConfig(max_chunk_len=128, target_len=100)
+    masked = Ablations(position_mask=True)
+    cache = compress(model, tokenizer, TEXT[:3000], config, ablations=masked)
     assert {k.shape[2] for k in cache.keys} == {100}
     one_chunk = compress(
-        model, tokenizer, TEXT[:100], HomerConfig(max_chunk_len=256, merge_mask="position")
+        model, tokenizer, TEXT[:100], HomerConfig(max_chunk_len=256), ablations=masked
     )
     plain = compress(model, tokenizer, TEXT[:100], HomerConfig(max_chunk_len=256))
     assert torch.equal(one_chunk.last_logits, plain.last_logits)
@@ -443,7 +461,7 @@ def test_memo_sees_rarity_changes_outside_the_edited_chunk(model_dirs: dict[str,
 
     model, tokenizer = load(model_dirs["llama"], "sdpa")
     # The prior alone: runs (on by default) are off, so the one word that differs decides.
-    config = HomerConfig(max_chunk_len=128, bias=None, rare_word_boost=50.0, run_radius=0)
+    config = HomerConfig(max_chunk_len=128, pruning=SpanPruning(rare_word_boost=50.0, run_radius=0))
     head = TEXT[:3000]
     assert head.split().count("parish") == 1 and head.find("parish") < 300
     # Same token count; the first repeats "parish" (no longer rare), the second does not.
@@ -451,9 +469,9 @@ def test_memo_sees_rarity_changes_outside_the_edited_chunk(model_dirs: dict[str,
     edited = head + " Brr Brr Brr."
     assert len(encode(tokenizer, text)) == len(encode(tokenizer, edited))
     memo = SubtreeMemo()
-    first = compress(model, tokenizer, text, config, memo=memo)
-    with_memo = compress(model, tokenizer, edited, config, memo=memo)
-    fresh = compress(model, tokenizer, edited, config)
+    first = compress(model, tokenizer, text, config, memo=memo, ablations=NO_BIAS)
+    with_memo = compress(model, tokenizer, edited, config, memo=memo, ablations=NO_BIAS)
+    fresh = compress(model, tokenizer, edited, config, ablations=NO_BIAS)
     assert first.token_ids[:150].tolist() != fresh.token_ids[:150].tolist()  # the edit matters
     assert torch.equal(with_memo.token_ids, fresh.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(with_memo.keys, fresh.keys, strict=True))
@@ -470,11 +488,11 @@ def test_keep_facts_keeps_every_fact_that_selection_without_runs_keeps(
     model, tokenizer = load(model_dirs["llama"], "sdpa")
     facts_text = " The code is 48213. Ask Orlan Venner. The vault opened in 1871 for Tamsin Vesk."
     text = TEXT[:40] + facts_text + TEXT[40:80]
-    base = {"max_chunk_len": 256, "target_len": 80, "bias": None, "positions": "paper"}
+    leafwise = Ablations(calibrated_bias=False, compact_positions=False)
 
-    def compressed(**kwargs: object) -> Any:
-        config = HomerConfig(**base, **kwargs)  # type: ignore[arg-type]
-        cache = compress(model, tokenizer, text, config)
+    def compressed(**kwargs: Any) -> Any:
+        config = HomerConfig(max_chunk_len=256, target_len=80, pruning=SpanPruning(**kwargs))
+        cache = compress(model, tokenizer, text, config, ablations=leafwise)
         assert cache.info.num_chunks == 1
         return cache
 
@@ -517,8 +535,10 @@ def test_shared_budgets_give_a_chunk_of_facts_the_room_of_a_chunk_of_filler(
 
     def root_children(budget: str) -> tuple[int, int]:
         merges.clear()
-        config = HomerConfig(max_chunk_len=256, bias=None, sibling_budget=budget)  # type: ignore[arg-type]
-        cache = compress(model, tokenizer, text, config)
+        rule = SpanPruning(sibling_budget=budget)  # type: ignore[arg-type]
+        cache = compress(
+            model, tokenizer, text, HomerConfig(max_chunk_len=256, pruning=rule), ablations=NO_BIAS
+        )
         assert cache.info.num_chunks == 2
         return merges[-1]
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homer.chunking import leaf_positions, make_leaf
-from homer.config import HomerConfig, default_warmup_layers
+from homer.config import Ablations, HomerConfig, default_warmup_layers
+from homer.pruning import PaperPruning, PruningRule, SpanPruning
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 
 
@@ -136,22 +137,12 @@ def test_leaf_positions_leave_a_gap_for_a_short_slice() -> None:
     "kwargs",
     [
         {"max_chunk_len": 4},
+        {"max_chunk_len": True},
         {"target_len": 0},
         {"max_chunk_len": 64, "target_len": 128},
         {"warmup_layers": -1},
-        {"bias": "sometimes"},
-        {"reduction": "random"},
-        {"positions": "shuffled"},
-        {"rare_word_boost": -1.0},
-        {"rare_word_boost": True},
-        {"rare_word_boost": "high"},
-        {"run_radius": -1},
-        {"run_radius": 2.5},
-        {"run_radius": True},
-        {"keep_facts": 1},
-        {"keep_facts": "yes"},
-        {"sibling_budget": "equal"},
-        {"sibling_budget": True},
+        {"pruning": "paper"},
+        {"pruning": None},
     ],
 )
 def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -> None:
@@ -159,26 +150,93 @@ def test_config_rejects_bad_values_with_value_error(kwargs: dict[str, object]) -
         HomerConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_keep_facts_is_on_with_spans_and_off_with_the_paper_rule() -> None:
-    def resolved(**kwargs: object) -> bool:
-        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
-        return config.resolve(num_layers=30, window=8192).keep_facts
+@pytest.mark.parametrize(
+    ("rule", "kwargs"),
+    [
+        (SpanPruning, {"rare_word_boost": -1.0}),
+        (SpanPruning, {"rare_word_boost": True}),
+        (SpanPruning, {"rare_word_boost": "high"}),
+        (SpanPruning, {"run_radius": -1}),
+        (SpanPruning, {"run_radius": 2.5}),
+        (SpanPruning, {"run_radius": True}),
+        (SpanPruning, {"keep_facts": 1}),
+        (SpanPruning, {"keep_facts": "yes"}),
+        (SpanPruning, {"sibling_budget": "equal"}),
+        (PaperPruning, {"sibling_budget": True}),
+    ],
+)
+def test_rules_reject_bad_values_with_value_error(
+    rule: type[PruningRule], kwargs: dict[str, object]
+) -> None:
+    with pytest.raises(ValueError):
+        rule(**kwargs)
 
-    assert resolved() is True
-    assert resolved(reduction="paper") is False
-    assert resolved(keep_facts=False) is False
-    assert resolved(reduction="paper", keep_facts=True) is True
+
+@pytest.mark.parametrize(
+    "kwargs", [{"calibrated_bias": "sometimes"}, {"position_mask": 1}, {"compact_positions": None}]
+)
+def test_ablations_reject_non_booleans(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Ablations(**kwargs)  # type: ignore[arg-type]
 
 
-def test_sibling_budgets_are_halves_unless_shared_is_asked_for() -> None:
-    def resolved(**kwargs: object) -> str:
-        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
-        return config.resolve(num_layers=30, window=8192).sibling_budget
+def test_facts_are_reserved_only_against_runs() -> None:
+    assert SpanPruning().reserves_facts is True
+    assert SpanPruning(keep_facts=False).reserves_facts is False
+    assert SpanPruning(run_radius=0).reserves_facts is False  # no score is lent to push them out
 
-    assert resolved() == "halves"
-    assert resolved(reduction="paper") == "halves"
-    assert resolved(sibling_budget="shared") == "shared"
-    assert resolved(reduction="paper", sibling_budget="shared") == "shared"
+
+def test_the_default_rule_is_spans_with_the_measured_settings_and_halves() -> None:
+    rule = HomerConfig().resolve(num_layers=30, window=8192).pruning
+    assert rule == SpanPruning()
+    assert (rule.rare_word_boost, rule.run_radius, rule.keep_facts) == (4.0, 8, True)
+    assert rule.sibling_budget == "halves" and not rule.shares_budget
+    assert PaperPruning().sibling_budget == "halves"
+    assert SpanPruning(sibling_budget="shared").shares_budget
+    assert PaperPruning(sibling_budget="shared").shares_budget
+
+
+def test_each_rule_calibrates_the_way_it_scores() -> None:
+    assert PaperPruning.calibration_mode == "plain"  # the paper: ordinary text, ordinary last token
+    assert SpanPruning.calibration_mode == "template"
+
+
+def test_a_rules_settings_name_every_field_so_the_memo_key_cannot_forget_one() -> None:
+    """The memo key and a cache's record come from `settings()`: a new field of a rule (or of a
+    user's subclass) is in it without anyone listing it."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Wider(SpanPruning):
+        window: int = 3
+
+    assert Wider().settings() == {**SpanPruning().settings(), "window": 3}
+    assert Wider(window=4).settings() != Wider().settings()
+    assert PaperPruning().settings() == {"rule": "paper", "sibling_budget": "halves"}
+
+
+def test_the_default_content_key_settings_are_those_caches_were_saved_under() -> None:
+    """Re-ingesting a document finds a cache saved before rules were objects: the default's
+    key settings are the old `dataclasses.asdict(HomerConfig(...))`, field for field."""
+    old = {
+        "max_chunk_len": 512,
+        "target_len": None,
+        "warmup_layers": None,
+        "bias": "calibrated",
+        "reduction": "spans",
+        "merge_mask": "sequence",
+        "rare_word_boost": None,
+        "positions": "compact",
+        "run_radius": None,
+        "keep_facts": None,
+        "sibling_budget": None,
+    }
+    assert HomerConfig(max_chunk_len=512).key_settings() == old
+    assert HomerConfig(pruning=PaperPruning()).key_settings()["pruning"]["rule"] == "paper"
+    assert HomerConfig(pruning=SpanPruning(run_radius=3)).key_settings() != {
+        **old,
+        "max_chunk_len": None,
+    }
 
 
 def test_config_resolves_defaults_from_the_model() -> None:
@@ -186,23 +244,3 @@ def test_config_resolves_defaults_from_the_model() -> None:
     assert (resolved.max_chunk_len, resolved.target_len, resolved.warmup_layers) == (4096, 4096, 15)
     with pytest.raises(ValueError, match="context window"):
         HomerConfig(max_chunk_len=9000).resolve(num_layers=30, window=8192)
-
-
-@pytest.mark.parametrize(
-    ("field", "on", "chosen"),
-    [("rare_word_boost", 4.0, 1.0), ("run_radius", 8, 3)],
-)
-def test_reduction_extras_default_on_for_spans_and_off_for_the_paper_rule(
-    field: str, on: float, chosen: float
-) -> None:
-    """The rarity prior and runs are ours, not the paper's: on by default with whole words, off
-    with the paper's rule unless asked for, and 0 turns them off."""
-
-    def resolved(**kwargs: object) -> float:
-        config = HomerConfig(**kwargs)  # type: ignore[arg-type]
-        return float(getattr(config.resolve(num_layers=30, window=8192), field))
-
-    assert resolved() == on
-    assert resolved(reduction="paper") == 0
-    assert resolved(reduction="paper", **{field: int(chosen)}) == chosen
-    assert resolved(**{field: 0}) == 0
