@@ -18,8 +18,8 @@ demo: .venv/bin/python
 	.venv/bin/homer ask "Who engraved the portrait of Shakespeare printed in the First Folio?"
 
 lint:
-	$(PY) -m ruff check homer homer_cli tests benchmarks
-	$(PY) -m ruff format --check homer homer_cli tests benchmarks
+	$(PY) -m ruff check homer homer_cli homer_server tests benchmarks
+	$(PY) -m ruff format --check homer homer_cli homer_server tests benchmarks
 	$(PY) -m mypy
 
 test: lint

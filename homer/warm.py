@@ -321,6 +321,10 @@ class WarmPool:
         One ingest runs at a time (each holds a copy of the weights and the tree's memory);
         answers go on meanwhile. Keyword options are `service.ingest`'s.
         """
+        from homer.documents import Document, load_document
+
+        if not isinstance(document, Document):  # a bad path fails before a model is loaded
+            document = load_document(document)
         with self._ingest_lock:
             loaded = self._loader(self.settings.choice(model))
             try:

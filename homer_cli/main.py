@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import typer
 
 from homer_cli.errors import debug_enabled, say, user_errors
+from homer_cli.serve import serve as serve_command
 
 if TYPE_CHECKING:
     from homer.service import LoadedModel
@@ -652,6 +653,9 @@ def calibrate(
         else:
             result = run_calibration(loaded_model, tokenizer, config, force=force)
         typer.echo(str(calibration_dir() / f"{result.key}.safetensors"))
+
+
+app.command("serve")(serve_command)
 
 
 @dataclasses.dataclass(frozen=True)
