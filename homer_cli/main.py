@@ -88,6 +88,20 @@ TemperatureOpt = Annotated[
 ]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling when temperature > 0.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed for sampling.", show_default=False)]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="URL of a running `homer serve` to answer through (default: $HOMER_SERVER, else "
+        "http://127.0.0.1:11480, used when it serves the same store); in-process when none "
+        "answers.",
+        show_default=False,
+    ),
+]
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="Answer in this process even when a server is running."),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -362,9 +376,28 @@ def _answer(
     top_p: float,
     seed: int | None,
     as_json: bool,
+    server_url: str | None = None,
+    local: bool = False,
 ) -> None:
-    """Shared body of `ask` and `summarize`."""
+    """Shared body of `ask` and `summarize`: through a running server when one answers (and no
+    option says how to load a model here), else in this process."""
     _check_sampling(max_tokens, temperature, top_p)
+    if not (model or device or dtype or trust_remote_code):
+        from homer_cli.remote import find_server
+
+        server = find_server(server_url, local=local)
+        if server is not None:
+            _answer_remote(
+                server,
+                question,
+                cache_name=cache_name,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                as_json=as_json,
+            )
+            return
     _setup_runtime()
     from homer.service import Sampling, ask, open_cache, pick_record
     from homer.store import Store
@@ -415,6 +448,69 @@ def _answer(
         typer.echo(json.dumps(payload, ensure_ascii=False))
 
 
+def _answer_remote(
+    server: Any,
+    question: str,
+    *,
+    cache_name: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """`_answer` through a running server: the same stdout, JSON fields and errors."""
+    _setup_logging()
+    from homer.service import StoreEmptyError, pick_record
+    from homer.store import Store
+    from homer_cli.remote import RemoteError, answer
+
+    started = time.perf_counter()
+    if server.same_store:  # name the cache here, so a missing one fails as it does in-process
+        cache_name = pick_record(Store(), cache_name).name
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        reply = answer(
+            server,
+            question,
+            cache=cache_name,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            on_piece=None if as_json else show,
+        )
+    except RemoteError as exc:
+        if exc.code == "store_empty":
+            raise StoreEmptyError from None
+        raise
+    if not as_json:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    info = reply.info
+    timings = info.get("timings", {})
+    payload = {
+        "answer": reply.text.strip(),
+        "cache": info.get("cache"),
+        "model": info.get("model"),
+        "source": info.get("source"),
+        "tokens": info.get("tokens"),
+        "timings": {
+            "model_load_s": timings.get("model_load_s"),
+            "cache_load_s": timings.get("cache_load_s"),
+            "time_to_first_token_s": timings.get("time_to_first_token_s"),
+            "generation_s": timings.get("generation_s"),
+            "total_s": round(time.perf_counter() - started, 4),
+        },
+    }
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question, or - to read it from stdin.")],
@@ -428,11 +524,14 @@ def ask(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     trust_remote_code: TrustOpt = False,
+    server: ServerOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Answer a question from a saved cache, streaming the answer to stdout.
 
     The model is the one the cache was built with (override with --model; a different model is
-    refused).
+    refused). When `homer serve` is running, the question goes to it and the answer starts in
+    a moment (the model and cache stay loaded there); otherwise it is answered in this process.
 
     Examples:
 
@@ -458,6 +557,8 @@ def ask(
             top_p=top_p,
             seed=seed,
             as_json=as_json,
+            server_url=server,
+            local=local,
         )
 
 
@@ -473,6 +574,8 @@ def summarize(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     trust_remote_code: TrustOpt = False,
+    server: ServerOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Summarize a saved document, streaming the summary to stdout.
 
@@ -497,6 +600,8 @@ def summarize(
             top_p=top_p,
             seed=seed,
             as_json=as_json,
+            server_url=server,
+            local=local,
         )
 
 

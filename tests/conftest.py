@@ -13,11 +13,14 @@ from tests.tiny import make_tiny_model_dir
 
 @pytest.fixture(autouse=True)
 def homer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point HOMER_HOME at a fresh temp dir so no test touches the user's store."""
+    """Point HOMER_HOME at a fresh temp dir so no test touches the user's store (or server)."""
     home = tmp_path / "homer-home"
     monkeypatch.setenv("HOMER_HOME", str(home))
     monkeypatch.delenv("HOMER_MODEL", raising=False)
     monkeypatch.delenv("HOMER_DEBUG", raising=False)
+    # A `homer serve` left running on this machine must not answer the tests' `homer ask`.
+    monkeypatch.setenv("HOMER_SERVER", "off")
+    monkeypatch.delenv("HOMER_API_KEY", raising=False)
     return home
 
 

@@ -381,3 +381,80 @@ def test_non_loopback_without_a_key_is_refused(served: Served) -> None:
     assert server.wait() == 1
     assert server.stderr.startswith("homer: refusing to listen on 0.0.0.0 without an API key")
     assert server.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from homer_cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def answers_served(served: Served) -> int:
+    return sum(httpx.get(served.url + "/health", timeout=10).json()["answers"].values())
+
+
+def test_cli_ask_through_the_server_is_the_in_process_ask(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMER_HOME", str(served.home))
+    monkeypatch.setenv("HOMER_SERVER", served.url)
+    question = ["ask", "-c", "sea", "-n", str(NEW), QUESTIONS[0]]
+    before = answers_served(served)
+    remote = cli(*question)
+    assert answers_served(served) == before + 1  # it went through the server
+    here = cli(*question, "--local")
+    assert answers_served(served) == before + 1
+    assert remote.exit_code == here.exit_code == 0, (remote.output, here.output)
+    assert remote.stdout == here.stdout == local(served, "sea", QUESTIONS[0])[0] + "\n"
+
+    remote_json = json.loads(cli(*question, "--json").stdout)
+    here_json = json.loads(cli(*question, "--json", "--local").stdout)
+    assert remote_json.keys() == here_json.keys()
+    assert remote_json["timings"].keys() == here_json["timings"].keys()
+    for key in ("answer", "cache", "model", "source", "tokens"):
+        assert remote_json[key] == here_json[key], key
+    assert remote_json["timings"]["model_load_s"] == 0  # warm
+
+    summary = ["summarize", "-n", "4", "-c", "keys"]
+    assert cli(*summary).stdout == cli(*summary, "--local").stdout
+
+
+def test_cli_errors_through_the_server_are_the_in_process_errors(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMER_HOME", str(served.home))
+    monkeypatch.setenv("HOMER_SERVER", served.url)
+    for args in (["-c", "nope", "Who?"], ["-c", "sea", "why " * 400]):
+        remote, here = cli("ask", *args), cli("ask", *args, "--local")
+        assert (remote.exit_code, remote.stderr) == (here.exit_code, here.stderr)
+        assert remote.exit_code == 1 and remote.stderr.startswith("homer: ")
+        assert remote.stderr.count("\n") == 1
+
+
+def test_cli_without_a_server_answers_in_process_quickly(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from homer_cli.remote import find_server
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    started = time.perf_counter()
+    assert find_server(f"http://127.0.0.1:{free}") is None
+    assert time.perf_counter() - started < 0.1
+    monkeypatch.setenv("HOMER_HOME", str(served.home))
+    monkeypatch.setenv("HOMER_SERVER", f"http://127.0.0.1:{free}")
+    result = cli("ask", "-c", "sea", "-n", str(NEW), QUESTIONS[0])
+    assert result.exit_code == 0 and result.stdout == local(served, "sea", QUESTIONS[0])[0] + "\n"
+    found = find_server(served.url)
+    assert found is not None and found.same_store
+    monkeypatch.setenv("HOMER_HOME", str(served.home / "elsewhere"))
+    found = find_server(served.url)
+    assert found is not None and not found.same_store  # named explicitly: trusted anyway
