@@ -9,6 +9,7 @@ import torch
 
 import homer
 from homer import HomerConfig, compress, generate
+from homer.calibration import calibration_text
 from homer.documents import load_document
 from homer.service import CacheExistsError, Sampling, StoreEmptyError
 from tests.conftest import MAX_CHUNK
@@ -24,25 +25,8 @@ def model(tiny_model_dir: Path) -> homer.LoadedModel:
 
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
-    words = [
-        "the",
-        "captain",
-        "sailed",
-        "across",
-        "a",
-        "sea",
-        "with",
-        "his",
-        "brother",
-        "and",
-        "a",
-        "crew",
-        "who",
-        "read",
-        "books",
-    ]
     path = tmp_path / "book.txt"
-    path.write_text(" ".join(words[i % len(words)] for i in range(900)) + "\n", encoding="utf-8")
+    path.write_text(calibration_text()[:5000], encoding="utf-8")
     return path
 
 
@@ -71,7 +55,7 @@ def test_a_second_ingest_reuses_and_a_name_is_never_taken_silently(
     assert again.reused and again.name == "book" and again.record.key == first.record.key
 
     other = tmp_path / "other.txt"
-    other.write_text("a different story about a lighthouse keeper " * 40, encoding="utf-8")
+    other.write_text(calibration_text()[5000:9000], encoding="utf-8")
     with pytest.raises(CacheExistsError) as refused:
         homer.ingest(other, model, config=CONFIG, name="book")
     assert (refused.value.name, refused.value.source) == ("book", book.name)
