@@ -1,0 +1,778 @@
+"""The `homer` command: ingest a document once, ask about it many times.
+
+A thin Typer + rich layer over the library: each command parses options, calls `homer.documents`,
+`homer.models`, `homer.store` and the engine (`homer.compress`, `homer.generate`,
+`homer.calibrate`), and prints. It computes nothing itself. Heavy modules (torch, transformers,
+the engine) are imported inside the commands so `homer --help` is instant. Errors become one
+line on stderr through `homer_cli.errors.user_errors`.
+
+Output discipline: stdout carries only the result (a cache name, an answer, a table, JSON), so
+commands compose in pipelines; progress and notices go to stderr, progress only on a terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import typer
+
+from homer_cli.errors import debug_enabled, say, user_errors
+from homer_cli.serve import serve as serve_command
+
+if TYPE_CHECKING:
+    from homer.service import LoadedModel
+
+app = typer.Typer(
+    name="homer",
+    help=(
+        "Read documents far longer than your LLM's context window. HOMER (hierarchical context "
+        "merging, arXiv 2404.10308) compresses a document once into a fixed-size kv-cache saved "
+        "on disk; questions reload it in a moment.\n\n"
+        "Example:\n\n```\nhomer ingest book.pdf && homer ask 'Who is the narrator?'\n```"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----------------------------------------------------------------------------- shared options
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id or local folder; default: $HOMER_MODEL, else the embedded "
+        "smollm2-135m-instruct.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="cpu, cuda or cuda:N; default: cuda when available.", show_default=False),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="float32, float16 or bfloat16; default: bfloat16 on CPU, fp16/bf16 on CUDA.",
+        show_default=False,
+    ),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", help="Allow a Hub model's own Python code to run (off by default)."
+    ),
+]
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        "-c",
+        help="Cache name (see `homer list`); default: the most recent.",
+        show_default=False,
+    ),
+]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", "-t", help="0 = greedy (deterministic).")
+]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling when temperature > 0.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed for sampling.", show_default=False)]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="URL of a running `homer serve` to answer through (default: $HOMER_SERVER, else "
+        "http://127.0.0.1:11480, used when it serves the same store); in-process when none "
+        "answers.",
+        show_default=False,
+    ),
+]
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="Answer in this process even when a server is running."),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object (answer, cache, model, token counts, timings in seconds).",
+    ),
+]
+MaxChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-chunk",
+        help="Tokens per chunk; default: half the model's window. Lower it if memory runs out.",
+        show_default=False,
+    ),
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _setup_logging() -> None:
+    """homer's own warnings as one `homer: ` line each on stderr (all levels with HOMER_DEBUG)."""
+    handler = logging.StreamHandler()  # resolves sys.stderr now (CliRunner swaps it)
+    handler.setFormatter(logging.Formatter("homer: %(message)s"))
+    root = logging.getLogger("homer")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug_enabled() else logging.WARNING)
+    root.propagate = False
+
+
+def _setup_runtime() -> None:
+    """Quiet the libraries: our own warnings as one line each, nothing from transformers' bars."""
+    _setup_logging()
+    if not debug_enabled():
+        warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _check_at_least(option: str, value: float | None, least: float) -> None:
+    """One-line error for an out-of-range number (Typer's own range errors draw a usage box)."""
+    if value is not None and value < least:
+        raise typer.BadParameter(f"{option} must be at least {least}, got {value}")
+
+
+def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
+    _check_at_least("--max-tokens", max_tokens, 1)
+    _check_at_least("--temperature", temperature, 0)
+    if not 0 < top_p <= 1:
+        raise typer.BadParameter(f"--top-p must be in (0, 1], got {top_p}")
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _notice(message: str) -> None:
+    """A notice for a person at a terminal; silent when stderr is not a terminal."""
+    if _stderr_is_tty():
+        say(message)
+
+
+def _read_stdin_text(what: str) -> str:
+    if sys.stdin.isatty():
+        say(f"reading the {what} from the terminal; end it with Ctrl-D")
+    return sys.stdin.read()
+
+
+def _load_model(
+    name: str | None, device: str | None, dtype: str | None, trust_remote_code: bool
+) -> LoadedModel:
+    from homer.models import embedded_model_dir, is_embedded, resolve_model_name
+    from homer.service import ModelChoice, load_model
+
+    choice = ModelChoice(name=name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if _stderr_is_tty():
+        from rich.console import Console
+
+        resolved = resolve_model_name(name)
+        message = f"loading {resolved}…"
+        if is_embedded(resolved) and not (embedded_model_dir() / "config.json").is_file():
+            message = f"converting {resolved} to safetensors (once; about a minute)…"
+        console = Console(stderr=True)
+        with console.status(message):
+            return load_model(choice)
+    return load_model(choice)
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+class _ProgressBars:
+    """A rich progress display over the engine's `ProgressEvent`s (stderr, terminals only)."""
+
+    _LABELS: ClassVar[dict[str, str]] = {
+        "calibrate": "calibrating",
+        "leaf": "compressing",
+        "merge": "compressing",
+    }
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressBars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        label = self._LABELS.get(event.stage, event.stage)
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=event.total)
+        self.progress.update(self.tasks[label], completed=event.done, total=event.total)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+def ingest(
+    path: Annotated[str, typer.Argument(help="A PDF, text or markdown file, or - to read stdin.")],
+    model: ModelOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Name for the cache; default: the file's stem + a short hash.",
+            show_default=False,
+        ),
+    ] = None,
+    focus: Annotated[
+        str | None,
+        typer.Option(
+            help="A question to keep in mind while compressing (query-aware mode).",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget",
+            help="Tokens kept per layer in the cache; default: --max-chunk.",
+            show_default=False,
+        ),
+    ] = None,
+    max_chunk: MaxChunkOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute even if this document is already saved.")
+    ] = False,
+    password: Annotated[
+        str | None, typer.Option(help="Password of an encrypted PDF.", show_default=False)
+    ] = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Compress a document into a saved cache and print the cache's name.
+
+    Only the name goes to stdout, so `name=$(homer ingest book.pdf)` works. Ingesting the same
+    document with the same model and settings again reuses the saved cache.
+
+    Examples:
+
+    ```
+    homer ingest book.pdf --name book
+    cat notes.md | homer ingest - --budget 1024
+    ```
+    """
+    with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
+        from homer.config import HomerConfig
+        from homer.store import validate_name
+
+        if name is not None:
+            validate_name(name)
+        _check_at_least("--max-chunk", max_chunk, 8)
+        _check_at_least("--budget", budget, 8)
+        config = HomerConfig(max_chunk_len=max_chunk, target_len=budget)
+        if focus is not None and not focus.strip():
+            raise typer.BadParameter("--focus is empty")
+        _setup_runtime()
+        from homer.documents import load_document
+
+        document = load_document(path, password=password)
+        loaded = _load_model(model, device, dtype, trust_remote_code)
+
+        from homer.service import CacheExistsError
+        from homer.service import ingest as ingest_document
+
+        try:
+            if _stderr_is_tty():
+                with _ProgressBars() as bars:
+                    done = ingest_document(
+                        document,
+                        loaded,
+                        name=name,
+                        config=config,
+                        focus=focus,
+                        force=force,
+                        progress=bars,
+                        on_wait=_waiting_for_ingest,
+                    )
+            else:
+                done = ingest_document(
+                    document,
+                    loaded,
+                    name=name,
+                    config=config,
+                    focus=focus,
+                    force=force,
+                    on_wait=_waiting_for_ingest,
+                )
+        except CacheExistsError as exc:
+            raise typer.BadParameter(
+                f"a cache named {exc.name!r} already exists (from {exc.source!r}); "
+                "choose another --name, or pass --force to replace it",
+                param_hint="--name",
+            ) from None
+        if done.reused:
+            _notice(
+                f"reusing the saved cache {done.name!r} (same document, model and settings; "
+                "--force recomputes)"
+            )
+        typer.echo(done.name)
+
+
+def _waiting_for_ingest() -> None:
+    """Another process holds this document's ingest lock: say so (and log it for HOMER_DEBUG)."""
+    message = "waiting for another ingest of the same document…"
+    logging.getLogger("homer.cli").info(message)
+    _notice(message)
+
+
+def _answer(
+    question: str,
+    *,
+    cache_name: str | None,
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    trust_remote_code: bool,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    as_json: bool,
+    server_url: str | None = None,
+    local: bool = False,
+) -> None:
+    """Shared body of `ask` and `summarize`: through a running server when one answers (and no
+    option says how to load a model here), else in this process."""
+    _check_sampling(max_tokens, temperature, top_p)
+    if not (model or device or dtype or trust_remote_code):
+        from homer_cli.remote import find_server
+
+        server = find_server(server_url, local=local)
+        if server is not None:
+            _answer_remote(
+                server,
+                question,
+                cache_name=cache_name,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                as_json=as_json,
+            )
+            return
+    _setup_runtime()
+    from homer.service import Sampling, ask, open_cache, pick_record
+    from homer.store import Store
+
+    sampling = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    started = time.perf_counter()
+    store = Store()
+    record = pick_record(store, cache_name)
+    model_name = model or record.model_id
+    loaded = _load_model(model_name, device, dtype, trust_remote_code)
+    model_loaded = time.perf_counter()
+    opened = open_cache(loaded, record.name, store=store)
+    record = opened.record
+    cache_loaded = time.perf_counter()
+    stream = ask(loaded, opened.cache, question, sampling)
+    if as_json:
+        answer = "".join(stream)
+    else:
+        answer = ""
+        for piece in stream:
+            answer += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    finished = time.perf_counter()
+    if as_json:
+        stats = stream.stats
+        payload = {
+            "answer": answer.strip(),
+            "cache": record.name,
+            "model": model_name,
+            "source": record.source,
+            "tokens": {
+                "document": record.document_tokens,
+                "cache": record.cache_tokens,
+                "prompt": stats.prompt_tokens,
+                "answer": stats.new_tokens,
+            },
+            "timings": {
+                "model_load_s": round(model_loaded - started, 4),
+                "cache_load_s": round(cache_loaded - model_loaded, 4),
+                "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
+                "generation_s": round(stats.total_s, 4),
+                "total_s": round(finished - started, 4),
+            },
+        }
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+def _answer_remote(
+    server: Any,
+    question: str,
+    *,
+    cache_name: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """`_answer` through a running server: the same stdout, JSON fields and errors."""
+    _setup_logging()
+    from homer.service import StoreEmptyError, pick_record
+    from homer.store import Store
+    from homer_cli.remote import RemoteError, answer
+
+    started = time.perf_counter()
+    if server.same_store:  # name the cache here, so a missing one fails as it does in-process
+        cache_name = pick_record(Store(), cache_name).name
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        reply = answer(
+            server,
+            question,
+            cache=cache_name,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            on_piece=None if as_json else show,
+        )
+    except RemoteError as exc:
+        if exc.code == "store_empty":
+            raise StoreEmptyError from None
+        raise
+    if not as_json:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    info = reply.info
+    timings = info.get("timings", {})
+    payload = {
+        "answer": reply.text.strip(),
+        "cache": info.get("cache"),
+        "model": info.get("model"),
+        "source": info.get("source"),
+        "tokens": info.get("tokens"),
+        "timings": {
+            "model_load_s": timings.get("model_load_s"),
+            "cache_load_s": timings.get("cache_load_s"),
+            "time_to_first_token_s": timings.get("time_to_first_token_s"),
+            "generation_s": timings.get("generation_s"),
+            "total_s": round(time.perf_counter() - started, 4),
+        },
+    }
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, or - to read it from stdin.")],
+    cache: CacheOpt = None,
+    max_tokens: MaxTokensOpt = 128,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    trust_remote_code: TrustOpt = False,
+    server: ServerOpt = None,
+    local: LocalOpt = False,
+) -> None:
+    """Answer a question from a saved cache, streaming the answer to stdout.
+
+    The model is the one the cache was built with (override with --model; a different model is
+    refused). When `homer serve` is running, the question goes to it and the answer starts in
+    a moment (the model and cache stay loaded there); otherwise it is answered in this process.
+
+    Examples:
+
+    ```
+    homer ask "Who is the narrator's brother?" --cache book
+    echo "Who betrays the captain?" | homer ask - --json
+    ```
+    """
+    with user_errors():
+        if question == "-":
+            question = _read_stdin_text("question")
+        if not question.strip():
+            raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+        _answer(
+            question.strip(),
+            cache_name=cache,
+            model=model,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            as_json=as_json,
+            server_url=server,
+            local=local,
+        )
+
+
+@app.command()
+def summarize(
+    cache: CacheOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    trust_remote_code: TrustOpt = False,
+    server: ServerOpt = None,
+    local: LocalOpt = False,
+) -> None:
+    """Summarize a saved document, streaming the summary to stdout.
+
+    Example:
+
+    ```
+    homer summarize --cache book --max-tokens 200
+    ```
+    """
+    with user_errors():
+        from homer.prompts import SUMMARY_QUESTION
+
+        _answer(
+            SUMMARY_QUESTION,
+            cache_name=cache,
+            model=model,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            as_json=as_json,
+            server_url=server,
+            local=local,
+        )
+
+
+@app.command("list")
+def list_caches(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array instead.")] = False,
+) -> None:
+    """List the saved caches, oldest first.
+
+    Examples:
+
+    ```
+    homer list
+    homer list --json | jq -r '.[].name'
+    ```
+    """
+    with user_errors():
+        _setup_logging()
+        from homer.store import Store
+
+        records = Store().records()
+        if as_json:
+            rows = [
+                {
+                    "name": r.name,
+                    "source": r.source,
+                    "model": r.model_id,
+                    "document_tokens": r.document_tokens,
+                    "cache_tokens": r.cache_tokens,
+                    "size_bytes": r.size_bytes,
+                    "created": r.created,
+                }
+                for r in records
+            ]
+            typer.echo(json.dumps(rows, ensure_ascii=False))
+            return
+        if not records:
+            say("no saved caches yet; run `homer ingest FILE` first")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for column in ("name", "source", "model", "doc tokens", "cache tokens", "size", "created"):
+            justify = "right" if column in ("doc tokens", "cache tokens", "size") else "left"
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for r in records:
+            table.add_row(
+                r.name,
+                r.source,
+                _short_model(r.model_id),
+                f"{r.document_tokens:,}",
+                f"{r.cache_tokens:,}",
+                _human_bytes(r.size_bytes),
+                r.created.replace("T", " ").removesuffix("+00:00"),
+            )
+        Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _short_model(model_id: str) -> str:
+    path = Path(model_id)
+    return path.name if path.is_absolute() else model_id
+
+
+@app.command()
+def show(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Cache name; default: the most recent.", show_default=False),
+    ] = None,
+) -> None:
+    """Print all the metadata of a saved cache as JSON.
+
+    Example:
+
+    ```
+    homer show book
+    ```
+    """
+    with user_errors():
+        _setup_logging()
+        from homer.service import pick_record
+        from homer.store import Store
+
+        record = pick_record(Store(), name)
+        meta = dict(record.meta)
+        meta["path"] = str(record.path)
+        meta["size_bytes"] = record.size_bytes
+        typer.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def rm(
+    names: Annotated[list[str], typer.Argument(help="Cache name(s) to delete.")],
+) -> None:
+    """Delete saved caches.
+
+    Examples:
+
+    ```
+    homer rm book
+    homer rm $(homer list --json | jq -r '.[].name')
+    ```
+    """
+    with user_errors():
+        _setup_logging()
+        from homer.store import Store
+
+        store = Store()
+        for name in names:
+            store.remove(name)
+            _notice(f"removed {name}")
+
+
+@app.command()
+def calibrate(
+    model: ModelOpt = None,
+    max_chunk: MaxChunkOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Measure again even if saved.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Measure and save a model's calibration bias (ingest does this on first use).
+
+    Prints the path of the saved calibration file.
+
+    Example:
+
+    ```
+    homer calibrate --model Qwen/Qwen2.5-1.5B-Instruct --device cuda
+    ```
+    """
+    with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
+        from homer.config import HomerConfig
+
+        _check_at_least("--max-chunk", max_chunk, 8)
+        config = HomerConfig(max_chunk_len=max_chunk)
+        _setup_runtime()
+        loaded = _load_model(model, device, dtype, trust_remote_code)
+        loaded_model, tokenizer = loaded.model, loaded.tokenizer
+        from homer import calibrate as run_calibration
+        from homer.paths import calibration_dir
+
+        if _stderr_is_tty():
+            with _ProgressBars() as bars:
+
+                def on_sample(done: int, total: int) -> None:
+                    bars(_Event("calibrate", done, total))
+
+                result = run_calibration(
+                    loaded_model, tokenizer, config, force=force, on_sample=on_sample
+                )
+        else:
+            result = run_calibration(loaded_model, tokenizer, config, force=force)
+        typer.echo(str(calibration_dir() / f"{result.key}.safetensors"))
+
+
+app.command("serve")(serve_command)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    stage: str
+    done: int
+    total: int
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -84,7 +84,7 @@ class Server:
         """POST a streaming chat completion; yield its chunks (raises `RemoteError`)."""
         response = self.request("POST", "/v1/chat/completions", {**body, "stream": True})
         if response.status != 200:
-            raise _error_of(response)
+            raise error_of(response)
         try:
             for raw in response:
                 line = raw.decode("utf-8").rstrip("\r\n")
@@ -105,7 +105,7 @@ class Server:
         raise RemoteError(f"the homer server at {self.url} ended the answer early")
 
 
-def _error_of(response: http.client.HTTPResponse) -> RemoteError:
+def error_of(response: http.client.HTTPResponse) -> RemoteError:
     text = response.read().decode("utf-8", "replace")
     try:
         error = json.loads(text)["error"]

@@ -458,3 +458,91 @@ def test_cli_without_a_server_answers_in_process_quickly(
     monkeypatch.setenv("HOMER_HOME", str(served.home / "elsewhere"))
     found = find_server(served.url)
     assert found is not None and not found.same_store  # named explicitly: trusted anyway
+
+
+# ----------------------------------------------------------------------------- homer chat
+
+
+def spawn_chat(served: Served, *args: str, server: str = "off") -> Any:
+    import os
+    import sys
+
+    import pexpect
+
+    env = {
+        **os.environ,
+        "HOMER_HOME": str(served.home),
+        "HOMER_SERVER": server,
+        "OMP_NUM_THREADS": "1",
+        "TERM": "dumb",
+    }
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "homer_cli", "chat", *args],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(24, 500),
+    )
+    return child
+
+
+def say_and_hear(child: Any, line: str) -> str:
+    """Type a line at the chat prompt; the answer printed before the next prompt."""
+    child.sendline(line)
+    child.expect_exact(">>> ")
+    echoed, _, answer = child.before.partition("\r\n")  # the terminal echoes the typed line
+    assert echoed.endswith(line)
+    return answer.removesuffix("\r\n").replace("\r\n", "\n")  # type: ignore[no-any-return]
+
+
+def test_chat_in_process_follows_up_resets_and_exits(served: Served) -> None:
+    child = spawn_chat(served, "-c", "sea", "-n", str(NEW))
+    try:
+        child.expect_exact("(cache sea) in this process")
+        child.expect_exact(">>> ")
+        first = say_and_hear(child, QUESTIONS[0])
+        assert first == local(served, "sea", QUESTIONS[0])[0]
+        follow_up = say_and_hear(child, QUESTIONS[3])
+        assert follow_up == local(served, "sea", QUESTIONS[3], (Turn(QUESTIONS[0], first),))[0]
+        child.sendline("/reset")
+        child.expect_exact("conversation forgotten")
+        child.expect_exact(">>> ")
+        assert say_and_hear(child, QUESTIONS[3]) == local(served, "sea", QUESTIONS[3])[0]
+        child.sendline("/exit")
+        child.expect(pexpect_eof())
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_through_the_server_and_ctrl_c_stops_only_the_answer(served: Served) -> None:
+    child = spawn_chat(served, "-c", "keys", "-n", "1000", server=served.url)
+    try:
+        child.expect_exact(f"(cache keys) through {served.url}")
+        child.expect_exact(">>> ")
+        cancelled = httpx.get(served.url + "/health").json()["answers"]["cancelled"]
+        child.sendline("Tell me everything about the keys.")
+        time.sleep(0.1)
+        child.sendintr()
+        child.expect_exact("(stopped")
+        child.expect_exact(">>> ")
+        deadline = time.monotonic() + 10
+        while httpx.get(served.url + "/health").json()["answers"]["cancelled"] == cancelled:
+            assert time.monotonic() < deadline, "the server went on answering"
+            time.sleep(0.05)
+        child.sendintr()  # at the prompt: a fresh line, the session goes on
+        child.expect_exact(">>> ")
+        expected = local(served, "keys", QUESTIONS[1], max_new_tokens=1000)[0]
+        assert say_and_hear(child, QUESTIONS[1]) == expected.replace("\r\n", "\n")
+        child.sendeof()
+        child.expect(pexpect_eof())
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def pexpect_eof() -> Any:
+    import pexpect
+
+    return pexpect.EOF
