@@ -12,6 +12,7 @@ commands compose in pipelines; progress and notices go to stderr, progress only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 
+from homer_cli.chat import chat as chat_command
 from homer_cli.errors import debug_enabled, say, user_errors
 from homer_cli.serve import serve as serve_command
 
@@ -319,20 +321,9 @@ def ingest(
         from homer.service import CacheExistsError
         from homer.service import ingest as ingest_document
 
+        bars = _ProgressBars() if _stderr_is_tty() else contextlib.nullcontext(None)
         try:
-            if _stderr_is_tty():
-                with _ProgressBars() as bars:
-                    done = ingest_document(
-                        document,
-                        loaded,
-                        name=name,
-                        config=config,
-                        focus=focus,
-                        force=force,
-                        progress=bars,
-                        on_wait=_waiting_for_ingest,
-                    )
-            else:
+            with bars as progress:
                 done = ingest_document(
                     document,
                     loaded,
@@ -340,6 +331,7 @@ def ingest(
                     config=config,
                     focus=focus,
                     force=force,
+                    progress=progress,
                     on_wait=_waiting_for_ingest,
                 )
         except CacheExistsError as exc:
@@ -758,6 +750,10 @@ def calibrate(
         else:
             result = run_calibration(loaded_model, tokenizer, config, force=force)
         typer.echo(str(calibration_dir() / f"{result.key}.safetensors"))
+
+
+app.command("serve")(serve_command)
+app.command("chat")(chat_command)
 
 
 app.command("serve")(serve_command)
