@@ -199,7 +199,7 @@ def ingest(
     from homer.compression import compress
     from homer.config import HomerConfig
     from homer.documents import Document, load_document
-    from homer.store import Store, derive_name, validate_name
+    from homer.store import DocumentRef, Provenance, Store, derive_name, validate_name
 
     if name is not None:
         validate_name(name)
@@ -226,21 +226,21 @@ def ingest(
             progress=progress,
         )
         seconds = time.perf_counter() - started
-        record = store.save(
-            cache,
-            name=target,
+        provenance = Provenance(
             key=key,
             model_id=model.id,
             model_fingerprint=model.fingerprint,
             tokenizer_fingerprint=model.tokenizer_fingerprint,
-            document_sha256=document.sha256,
-            source=document.source,
-            kind=document.kind,
-            page_map=document.page_map,
+            document=DocumentRef(
+                sha256=document.sha256,
+                source=document.source,
+                kind=document.kind,
+                page_map=tuple(document.page_map),
+            ),
             settings=config.key_settings(),
-            overwrite=force,
             extra={"compress_seconds": round(seconds, 3), "device": str(cache.device)},
         )
+        record = store.save(cache, provenance, name=target, overwrite=force)
     return Ingested(name=target, record=record, reused=False, seconds=seconds)
 
 

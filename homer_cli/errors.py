@@ -5,6 +5,10 @@ operation, Ctrl-C) print one line prefixed with `homer: ` and exit 1 (130 for Ct
 else is a bug: one line too, exit 2, with a hint. `HOMER_DEBUG=1` re-raises everything so the full
 traceback shows.
 
+The library's errors say what is wrong and carry structured fields; `describe` adds what to do
+about it in this CLI's terms (its flags and commands). Warnings the library logs about an error
+(a damaged cache skipped by a listing) get the same advice through `AdviceFilter`.
+
 Nothing here imports torch: out-of-memory errors are recognised by type name and message.
 """
 
@@ -12,13 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import sys
 from collections.abc import Iterator
 
 import typer
 
-from homer.errors import HomerError
+from homer.errors import (
+    CacheDamagedError,
+    CacheDtypeError,
+    CacheExistsError,
+    CacheMismatchError,
+    CacheNotFoundError,
+    CacheVersionError,
+    HomerError,
+    StoreAccessError,
+)
 from homer.service import StoreEmptyError
 
 #: Exit codes.
@@ -70,6 +84,54 @@ def _os_message(exc: OSError) -> str:
     return f"{exc.strerror or _one_line(exc)}{where}"
 
 
+def _remove_and_reingest(name: str | None) -> str:
+    if name is None:
+        return "re-run `homer ingest`"
+    return f"remove it with `homer rm {name}` and re-run `homer ingest`"
+
+
+def describe(exc: HomerError) -> str:
+    """`exc` as one line for a shell user: what went wrong, then what to do about it."""
+    text = _one_line(exc)
+    if isinstance(exc, CacheNotFoundError):
+        listing = ", ".join(exc.available) or "none; run `homer ingest` first"
+        return f"no cache named {exc.name!r} (existing: {listing})"
+    if isinstance(exc, CacheDamagedError):
+        return f"{text}; {_remove_and_reingest(exc.name)}"
+    if isinstance(exc, CacheVersionError):
+        return f"{text}; upgrade homer, or {_remove_and_reingest(exc.name)}"
+    if isinstance(exc, CacheMismatchError):
+        if exc.field == "tokenizer":
+            return f"{text}; re-run `homer ingest` with this model"
+        if exc.same_model_id:
+            return (
+                f"{text}; ask with --dtype {exc.dtype}, or re-run `homer ingest` with these "
+                "settings"
+            )
+        return f"{text}; use --model {exc.model_id} or re-run `homer ingest` with this model"
+    if isinstance(exc, CacheExistsError):
+        return f"{text}; choose another --name, or pass --force to replace it"
+    if isinstance(exc, CacheDtypeError):
+        return f"{text}; ask with --dtype {exc.saved}"
+    if isinstance(exc, StoreAccessError):
+        if exc.no_space:
+            return f"{text}; free some space"
+        if exc.denied:
+            return f"{text} (set HOMER_HOME to a writable folder?)"
+    return text
+
+
+class AdviceFilter(logging.Filter):
+    """Words a log record about a `HomerError` (passed as `extra={"homer_error": exc}`) as
+    `describe` does, so a warning about a skipped cache says how to fix it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = getattr(record, "homer_error", None)
+        if isinstance(error, HomerError):
+            record.msg, record.args = "%s", (describe(error),)
+        return True
+
+
 @contextlib.contextmanager
 def user_errors(
     hint_max_chunk: int | None = None, *, max_chunk_option: bool = False
@@ -110,7 +172,7 @@ def user_errors(
             say("no saved caches yet; run `homer ingest FILE` first")
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, HomerError):
-            say(_one_line(exc))
+            say(describe(exc))
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, ValueError):
             # The library validates settings with ValueError (HomerConfig, generation options).

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import typer
 
 from homer_cli.chat import chat as chat_command
-from homer_cli.errors import debug_enabled, say, user_errors
+from homer_cli.errors import AdviceFilter, debug_enabled, say, user_errors
 from homer_cli.serve import serve as serve_command
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ def _setup_logging() -> None:
     """homer's own warnings as one `homer: ` line each on stderr (all levels with HOMER_DEBUG)."""
     handler = logging.StreamHandler()  # resolves sys.stderr now (CliRunner swaps it)
     handler.setFormatter(logging.Formatter("homer: %(message)s"))
+    handler.addFilter(AdviceFilter())  # a skipped cache's warning says how to fix it
     root = logging.getLogger("homer")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug_enabled() else logging.WARNING)

@@ -223,3 +223,111 @@ def test_ingest_from_stdin_and_dtype_conversion(tiny_model_dir: Path, engine_hom
     # Asking with float32 converts the bfloat16 cache exactly instead of refusing it.
     answer = invoke("ask", "What is the key?", "--dtype", "float32", "--max-tokens", "3")
     assert answer.exit_code == 0, answer.output  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- old caches
+
+
+def test_a_format1_cache_written_by_homer_0_1_answers(tiny_model_dir: Path) -> None:
+    """A cache folder as homer 0.1.0 wrote it (built by hand) is listed, shown and answers."""
+    import torch
+
+    from homer.cache import CacheInfo, HomerCache
+    from homer.fingerprint import model_fingerprint, tokenizer_fingerprint
+    from homer.models import load_model
+    from homer.store import Store
+    from tests.test_store import FORMAT1_META, write_format1_cache
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    ids = tokenizer("The captain's brother kept the keys. The passkey is 71234.")["input_ids"]
+    length, config = len(ids), model.config
+    shape = (1, config.num_key_value_heads, length, config.head_dim)
+    gen = torch.Generator().manual_seed(0)
+    cache = HomerCache(
+        keys=[torch.randn(shape, generator=gen).to(model.dtype) for _ in range(6)],
+        values=[torch.randn(shape, generator=gen).to(model.dtype) for _ in range(6)],
+        token_ids=torch.tensor(ids),
+        positions=torch.arange(length),
+        last_logits=torch.randn(config.vocab_size, generator=gen),
+        info=CacheInfo("", "", None, length, 0, 0, 1, 0, {}, "llama"),
+    )
+    meta = json.loads(FORMAT1_META)
+    meta.update(
+        name="old",
+        model={"id": str(tiny_model_dir), "fingerprint": model_fingerprint(model), "type": "llama"},
+        tokenizer={"fingerprint": tokenizer_fingerprint(tokenizer)},
+        dtype=str(model.dtype).removeprefix("torch."),
+        tokens={"document": length, "prefix": 0, "suffix": 0, "cache": length},
+        last_position=length - 1,
+        num_layers=6,
+        kv_shape=list(shape),
+        info=cache.info.to_dict(),
+    )
+    write_format1_cache(Store().root / "old", cache, meta)
+    rows = json.loads(invoke("list", "--json").stdout)  # type: ignore[attr-defined]
+    assert [(r["name"], r["cache_tokens"]) for r in rows] == [("old", length)]
+    shown = json.loads(invoke("show", "old").stdout)  # type: ignore[attr-defined]
+    assert {k: v for k, v in shown.items() if k not in ("path", "size_bytes")} == meta
+    answer = invoke("ask", "What is the passkey?", "--max-tokens", "3", "--json")
+    assert answer.exit_code == 0, (answer.output, answer.exception)  # type: ignore[attr-defined]
+    payload = json.loads(answer.stdout)  # type: ignore[attr-defined]
+    assert payload["cache"] == "old" and 1 <= payload["tokens"]["answer"] <= 3
+
+
+def test_list_skips_one_odd_cache_with_a_one_line_warning() -> None:
+    """`tokens.document` set to null used to end `homer list` with exit 2 (issue 24)."""
+    from homer.store import Store
+    from tests.test_store import save
+
+    store = Store()
+    save(store, "good")
+    odd = save(store, "odd", key="o" * 32)
+    meta = json.loads((odd.path / "meta.json").read_text())
+    meta["tokens"]["document"] = None
+    (odd.path / "meta.json").write_text(json.dumps(meta))
+    for args in (["list"], ["list", "--json"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        assert "good" in result.stdout and "odd" not in result.stdout  # type: ignore[attr-defined]
+        err = result.stderr  # type: ignore[attr-defined]
+        assert err.count("\n") == 1 and err.startswith("homer: "), err
+        assert str(odd.path / "meta.json") in err and "homer rm odd" in err
+    one_line_error(invoke("show", "odd"), "'tokens.document' is null", "homer rm odd")
+
+
+# ----------------------------------------------------------------------------- advice
+
+
+def test_library_errors_get_advice_in_the_cli_s_terms() -> None:
+    """The library's errors name no flag; the CLI adds the fix in its own flags and commands."""
+    import errno
+
+    from homer.errors import (
+        CacheDamagedError,
+        CacheDtypeError,
+        CacheExistsError,
+        CacheMismatchError,
+        CacheNotFoundError,
+        CacheVersionError,
+        StoreAccessError,
+    )
+    from homer_cli.errors import describe
+
+    common = {"saved": "f1", "current": "f2", "model_id": "small", "dtype": "bfloat16"}
+    cases = [
+        (CacheNotFoundError("x", ["a", "b"]), "no cache named 'x' (existing: a, b)"),
+        (CacheNotFoundError("x", []), "(existing: none; run `homer ingest` first)"),
+        (CacheDamagedError("/s/x/meta.json", "damaged", "x"), "; remove it with `homer rm x`"),
+        (CacheVersionError("/s/x/meta.json", 2, 1, "x"), "; upgrade homer, or remove it"),
+        (CacheMismatchError("x", "model", using="big", **common), "; use --model small or re-run"),
+        (CacheMismatchError("x", "model", using="small", **common), "; ask with --dtype bfloat16"),
+        (CacheMismatchError("x", "tokenizer", using="big", **common), "with this model"),
+        (CacheExistsError("x"), "; choose another --name, or pass --force to replace it"),
+        (CacheDtypeError("x", "bfloat16", "float16"), "; ask with --dtype bfloat16"),
+        (StoreAccessError("save the cache", "/s", errno.ENOSPC, "full"), "; free some space"),
+        (StoreAccessError("save the cache", "/s", errno.EROFS, "read-only"), "(set HOMER_HOME"),
+    ]
+    for error, advice in cases:
+        assert "--" not in str(error) and "`homer" not in str(error), error
+        assert str(error).split(" (existing")[0] in describe(error)
+        assert advice in describe(error), (describe(error), advice)

@@ -14,15 +14,19 @@ import pytest
 import torch
 
 from homer.cache import CacheInfo, HomerCache
-from homer.errors import CacheError, CacheMismatchError
+from homer.errors import CacheDamagedError, CacheError, CacheMismatchError, CacheVersionError
 from homer.store import (
     FORMAT_VERSION,
     META_FILE,
     TENSOR_FILE,
     CacheNotFoundError,
+    CacheRecord,
+    DocumentRef,
+    Provenance,
     Store,
     content_key,
     derive_name,
+    fs,
     validate_name,
 )
 
@@ -53,19 +57,28 @@ def make_cache(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> HomerCache
     )
 
 
-def save(store: Store, name: str = "doc", cache: HomerCache | None = None, **kw: Any) -> Any:
-    args: dict[str, Any] = {
-        "name": name,
+def save(
+    store: Store,
+    name: str = "doc",
+    cache: HomerCache | None = None,
+    *,
+    overwrite: bool = False,
+    source: str = "doc.txt",
+    kind: str = "text",
+    page_map: tuple[int, ...] = (),
+    **kw: Any,
+) -> CacheRecord:
+    """Save a synthetic cache; `kw` overrides `Provenance` fields."""
+    fields: dict[str, Any] = {
         "key": "k" * 32,
         "model_id": "tiny-model",
         "model_fingerprint": "mfp",
         "tokenizer_fingerprint": "tfp",
-        "document_sha256": "d" * 64,
-        "source": "doc.txt",
+        "document": DocumentRef(sha256="d" * 64, source=source, kind=kind, page_map=page_map),
         "settings": {"max_chunk_len": 32},
+        **kw,
     }
-    args.update(kw)
-    return store.save(cache or make_cache(), **args)
+    return store.save(cache or make_cache(), Provenance(**fields), name=name, overwrite=overwrite)
 
 
 def assert_same(a: HomerCache, b: HomerCache) -> None:
@@ -82,7 +95,7 @@ def assert_same(a: HomerCache, b: HomerCache) -> None:
 def test_round_trip_is_bit_identical() -> None:
     store = Store()
     cache = make_cache()
-    record = save(store, page_map=[0, 10], kind="pdf")
+    record = save(store, page_map=(0, 10), kind="pdf")
     loaded, loaded_record = store.load("doc", model_fingerprint="mfp", tokenizer_fingerprint="tfp")
     assert_same(cache, loaded)
     meta = loaded_record.meta
@@ -207,10 +220,10 @@ def test_flipped_byte_is_refused() -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match="checksum") as info:
+    with pytest.raises(CacheDamagedError, match="checksum") as info:
         store.load("doc")
     assert str(path) in str(info.value)
-    assert "homer rm doc" in str(info.value)
+    assert (info.value.path, info.value.name) == (path, "doc")  # the CLI words the fix
 
 
 def test_truncated_file_is_refused() -> None:
@@ -457,3 +470,234 @@ def test_sigkill_during_saves_leaves_a_consistent_store(homer_home: Path) -> Non
     save(store, "after")  # the next write works and sweeps the dead writer's temp folders
     leftovers = [p.name for p in store.root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
     assert leftovers == []
+
+
+# ------------------------------------------------------------------------- format 1 (homer 0.1.0)
+
+#: meta.json exactly as homer 0.1.0's store (commit 8bcb3b5, before `homer.store` became a
+#: package) wrote it for `save(store, page_map=(0, 10), kind="pdf", extra=...)` of `make_cache()`.
+FORMAT1_META = """{
+  "format": "homer-cache",
+  "format_version": 1,
+  "name": "doc",
+  "key": "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+  "created": "2026-12-06T02:36:36.755+00:00",
+  "model": {
+    "id": "tiny-model",
+    "fingerprint": "mfp",
+    "type": "llama"
+  },
+  "tokenizer": {
+    "fingerprint": "tfp"
+  },
+  "dtype": "bfloat16",
+  "settings": {
+    "max_chunk_len": 32
+  },
+  "focus": null,
+  "document": {
+    "sha256": "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+    "source": "doc.txt",
+    "kind": "pdf",
+    "page_map": [
+      0,
+      10
+    ]
+  },
+  "tokens": {
+    "document": 100,
+    "prefix": 2,
+    "suffix": 2,
+    "cache": 12
+  },
+  "last_position": 33,
+  "num_layers": 3,
+  "kv_shape": [
+    1,
+    2,
+    12,
+    16
+  ],
+  "info": {
+    "prefix_text": "Read:",
+    "suffix_text": "(end)",
+    "focus": null,
+    "document_tokens": 100,
+    "prefix_tokens": 2,
+    "suffix_tokens": 2,
+    "num_chunks": 4,
+    "height": 2,
+    "settings": {
+      "max_chunk_len": 32,
+      "target_len": 12
+    },
+    "model_type": "llama"
+  },
+  "tensor_file": "tensors.safetensors",
+  "tensor_sha256": "76df1123f9d65e554a7e4b3d8395913c2fd761129f768f4616ff870de947c840",
+  "tensor_bytes": 5736,
+  "extra": {
+    "compress_seconds": 1.5,
+    "device": "cpu"
+  }
+}"""
+
+
+def write_format1_cache(folder: Path, cache: HomerCache, meta: dict[str, Any]) -> None:
+    """A cache folder as homer 0.1.0 wrote it, built by hand (safetensors and json only).
+
+    `meta` is completed with the tensor file's real size and SHA-256.
+    """
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    tensors = {}
+    for i, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
+        tensors[f"layers.{i}.keys"] = k.contiguous()
+        tensors[f"layers.{i}.values"] = v.contiguous()
+    tensors["token_ids"] = cache.token_ids.to(torch.int64)
+    tensors["positions"] = cache.positions.to(torch.int64)
+    tensors["last_logits"] = cache.last_logits.to(torch.float32)
+    path = folder / "tensors.safetensors"
+    save_file(tensors, str(path), metadata={"format": "homer-cache"})
+    meta["tensor_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta["tensor_bytes"] = path.stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def test_a_format1_cache_written_by_homer_0_1_loads_as_before() -> None:
+    store = Store()
+    saved = json.loads(FORMAT1_META)
+    write_format1_cache(store.root / "doc", make_cache(), dict(saved))
+    # The same tensors give the same file, byte for byte, as 0.1.0's save did.
+    assert (store.root / "doc" / META_FILE).read_text() == FORMAT1_META
+    cache, record = store.load(
+        "doc", model_fingerprint="mfp", tokenizer_fingerprint="tfp", model_id="tiny-model"
+    )
+    assert_same(cache, make_cache())
+    assert record.meta == saved  # `homer show` prints exactly what was saved
+    assert record.metadata.document == DocumentRef("d" * 64, "doc.txt", "pdf", (0, 10))
+    assert (record.key, record.model_id, record.source) == ("k" * 32, "tiny-model", "doc.txt")
+    assert (record.document_tokens, record.cache_tokens) == (100, LENGTH)
+    assert [r.name for r in store.records()] == ["doc"]
+    assert store.find("k" * 32) == record
+    copied = store.copy("doc", "again")
+    assert {**copied.meta, "name": "doc", "created": saved["created"]} == saved
+    assert_same(store.load("again")[0], make_cache())
+
+
+def test_a_new_save_writes_format1_as_homer_0_1_did() -> None:
+    """Caches written now are readable by homer 0.1.0: the same fields, types and order."""
+    record = save(Store(), page_map=(0, 10), kind="pdf", extra={"compress_seconds": 1.5})
+    written = json.loads((record.path / META_FILE).read_text())
+    expected = json.loads(FORMAT1_META)
+    assert list(written) == list(expected)
+    for part in ("model", "tokenizer", "document", "tokens", "info"):
+        assert list(written[part]) == list(expected[part]), part
+    assert {k: v for k, v in written.items() if k not in ("created", "extra")} == {
+        k: v for k, v in expected.items() if k not in ("created", "extra")
+    }
+
+
+def test_content_keys_are_those_of_homer_0_1() -> None:
+    """Existing stores keep reusing their caches: the same inputs give the same key."""
+    key = content_key(
+        document_sha256="d" * 64,
+        model_fingerprint="mfp",
+        tokenizer_fingerprint="tfp",
+        settings={"max_chunk_len": 32, "target_len": None, "bias": "calibrated"},
+        focus=None,
+    )
+    assert key == "4f2a4997e41d167cbdc1c03bafba4280"
+    focused = content_key(
+        document_sha256="d" * 64,
+        model_fingerprint="mfp",
+        tokenizer_fingerprint="tfp",
+        settings={"max_chunk_len": 32},
+        focus="who?",
+    )
+    assert focused == "30aadae4a0245b6757c89d62fcf43680"
+
+
+# ------------------------------------------------------------------------- metadata schema
+
+
+def _edit_saved(store: Store, name: str, edit: Any) -> Path:
+    path = store.root / name / META_FILE
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: m["tokens"].update(document=None), "'tokens.document' is null, not an int"),
+        (lambda m: m["tokens"].update(document="100"), "'tokens.document' is a str, not an int"),
+        (lambda m: m["tokens"].update(cache=True), "'tokens.cache' is a bool, not an int"),
+        (lambda m: m["model"].pop("id"), "lacks 'model.id'"),
+        (lambda m: m["document"].update(source=7), "'document.source' is an int, not a str"),
+        (lambda m: m["document"].update(page_map=["1"]), "'document.page_map' holds something"),
+        (lambda m: m.update(created=None), "'created' is null, not a str"),
+        (lambda m: m["info"].update(height="2"), "'info.height' is a str, not an int"),
+        (lambda m: m.update(extra=[]), "'extra' is a list, not a dict"),
+    ],
+)
+def test_one_odd_field_skips_that_cache_only(
+    edit: Any, needle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store()
+    save(store, "good")
+    save(store, "odd", key="o" * 32)
+    path = _edit_saved(store, "odd", edit)
+    with pytest.raises(CacheDamagedError, match=needle) as info:
+        store.record("odd")
+    assert (info.value.path, info.value.name) == (path, "odd")
+    caplog.clear()
+    assert [r.name for r in store.records()] == ["good"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and needle in warnings[0]
+
+
+def test_a_newer_format_is_refused_not_misread() -> None:
+    store = Store()
+    save(store)
+    path = _edit_saved(store, "doc", lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(CacheVersionError) as info:
+        store.load("doc")
+    error = info.value
+    assert (error.path, error.version, error.supported) == (path, FORMAT_VERSION + 1, 1)
+    assert store.records() == []
+
+
+# ------------------------------------------------------------------------- filesystem helper
+
+
+def test_replacing_writes_whole_files_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "bias.safetensors"
+    with fs.replacing(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), fs.replacing(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bias.safetensors"]
+
+
+def test_sweep_removes_only_dead_processes_work(tmp_path: Path) -> None:
+    dead, alive = 999_999_999, os.getpid()
+    (tmp_path / f".tmp-{dead}-a.safetensors").write_bytes(b"x")
+    (tmp_path / f".tmp-{dead}-b").mkdir()
+    (tmp_path / f".tmp-{alive}-c").mkdir()
+    (tmp_path / f".swap-{dead}-d").mkdir()
+    (tmp_path / "keep.safetensors").write_bytes(b"x")
+    fs.sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".swap-{dead}-d",
+        f".tmp-{alive}-c",
+        "keep.safetensors",
+    ]

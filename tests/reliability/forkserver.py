@@ -65,6 +65,8 @@ def _instrument(slow: float) -> None:
     """Add phase markers (and, when `slow` > 0, pauses) around the save path of this child."""
     import homer.compression
     import homer.store
+    import homer.store.format
+    import homer.store.fs
 
     compress = homer.compression.compress
 
@@ -90,9 +92,13 @@ def _instrument(slow: float) -> None:
 
         return wrapper
 
-    for name in ("_write_tensors", "_write_durable", "_fsync_dir"):
-        setattr(homer.store, name, paused(getattr(homer.store, name)))
-    homer.store.os.replace = paused(os.replace)  # type: ignore[assignment]
+    for module, name in (
+        (homer.store.format, "write_tensors"),
+        (homer.store.fs, "write_durable"),
+        (homer.store.fs, "fsync_dir"),
+    ):
+        setattr(module, name, paused(getattr(module, name)))
+    os.replace = paused(os.replace)  # this child's renames (the store's included)
 
 
 def _child(request: dict[str, Any]) -> None:

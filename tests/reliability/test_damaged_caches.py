@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from homer.errors import CacheError
+from homer.errors import CacheDtypeError
 from homer.store import META_FILE, TENSOR_FILE, Store
+from homer_cli.errors import describe
 from tests.conftest import MAX_CHUNK
 from tests.reliability.harness import invoke, one_line_error
 from tests.test_store import make_cache
@@ -138,7 +139,7 @@ DAMAGES: list[tuple[str, Damage, str]] = [
     ("meta-dtype-other", _edit_meta(_set("dtype", "float16")), "not float16 as recorded"),
     ("meta-layers-edited", _edit_meta(_set("num_layers", 99)), "missing tensor"),
     ("meta-length-edited", _edit_meta(_set("tokens.cache", 3)), "metadata says otherwise"),
-    ("meta-info-missing", _edit_meta(_set("info", _DELETE)), "missing tensor or field"),
+    ("meta-info-missing", _edit_meta(_set("info", _DELETE)), "lacks 'info'"),
     ("meta-tensor-path-escapes", _edit_meta(_set("tensor_file", "../../x")), "tensor_file"),
 ]
 
@@ -239,7 +240,9 @@ def test_conversion_that_would_overflow_is_refused() -> None:
     cache = make_cache(torch.bfloat16)
     cache.keys[0][0, 0, 0, 0] = 1e30  # fine in bfloat16, infinite in float16
     save_synthetic(store, cache=cache)
-    with pytest.raises(CacheError, match="too large for float16; ask with --dtype bfloat16"):
+    with pytest.raises(CacheDtypeError, match="too large for float16") as info:
         store.load("doc", dtype=torch.float16)
+    assert (info.value.saved, info.value.requested) == ("bfloat16", "float16")
+    assert describe(info.value).endswith("; ask with --dtype bfloat16")
     loaded, _ = store.load("doc", dtype=torch.float32)
     assert loaded.keys[0][0, 0, 0, 0].item() == pytest.approx(1e30, rel=1e-2)

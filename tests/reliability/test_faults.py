@@ -48,8 +48,8 @@ def _fail_second_call(real: Callable[..., Any], code: int) -> Callable[..., Any]
 FAULTS: list[tuple[str, str, Callable[[], Callable[..., Any]], str]] = [
     ("tensor-write", "safetensors.torch.save_file", lambda: _fail(errno.ENOSPC), "no space left"),
     ("tensor-fsync", "os.fsync", lambda: _fail(errno.ENOSPC), "no space left"),
-    ("meta-write", "homer.store._write_durable", lambda: _fail(errno.ENOSPC), "no space left"),
-    ("quota", "homer.store._write_durable", lambda: _fail(errno.EDQUOT), "no space left"),
+    ("meta-write", "homer.store.fs.write_durable", lambda: _fail(errno.ENOSPC), "no space left"),
+    ("quota", "homer.store.fs.write_durable", lambda: _fail(errno.EDQUOT), "no space left"),
     ("temp-folder", "tempfile.mkdtemp", lambda: _fail(errno.ENOSPC), "no space left"),
     ("store-folder", "pathlib.Path.mkdir", lambda: _fail(errno.ENOSPC), "no space left"),
     ("read-only", "tempfile.mkdtemp", lambda: _fail(errno.EROFS), "HOMER_HOME"),

@@ -1,0 +1,462 @@
+"""The store of saved caches: names, locks, atomic replacement, listing, loading and removing.
+
+Layout under `paths.store_dir()` (or the `root` given to `Store`):
+
+    <name>/meta.json            metadata, written last (`homer.store.format`)
+    <name>/tensors.safetensors  the tensors
+    .locks/                     fcntl lock files (per name, per content key)
+    .tmp-<pid>-*/ .trash-<pid>-*/  work folders; never listed, swept when their process is gone
+    .swap-<pid>-*/old           a cache being replaced (`overwrite`); put back if its writer died
+                                before the new one was in place, deleted otherwise
+
+A cache is written into a fresh `.tmp-*` folder and renamed into place under an exclusive
+per-name lock; readers take the same lock shared. So an interrupted write leaves at most an
+unlisted temp folder, and `load` never sees half a cache. Replacing a cache takes two renames
+(old out, new in); a writer that dies between them leaves the old cache in a `.swap-*` folder,
+and the next listing puts it back, so an interrupted `--force` loses neither cache. Any `OSError`
+while writing (disk full, permissions) becomes a `StoreAccessError` and the temp folder is
+removed.
+
+This module knows what a store's folders mean, not what a cache file holds (`format`), nor how
+a cache is computed. Its errors carry structured fields; front ends word the advice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from homer import paths
+from homer.errors import (
+    CacheError,
+    CacheExistsError,
+    CacheNotFoundError,
+    StoreAccessError,
+)
+from homer.store import format as fmt
+from homer.store import fs
+from homer.store.format import META_FILE, TENSOR_FILE, CacheMeta, Provenance
+
+if TYPE_CHECKING:
+    import torch
+
+    from homer.cache import HomerCache
+
+logger = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_WORK_KINDS = ("tmp", "trash", "swap")
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """A saved cache as listed: its name, folder and metadata (tensors not loaded)."""
+
+    name: str
+    path: Path
+    metadata: CacheMeta
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The metadata as meta.json holds it (what `homer show` prints)."""
+        return self.metadata.to_dict()
+
+    @property
+    def key(self) -> str:
+        return self.metadata.key
+
+    @property
+    def model_id(self) -> str:
+        return self.metadata.model.id
+
+    @property
+    def source(self) -> str:
+        return self.metadata.document.source
+
+    @property
+    def document_tokens(self) -> int:
+        return self.metadata.tokens.document
+
+    @property
+    def cache_tokens(self) -> int:
+        return self.metadata.tokens.cache
+
+    @property
+    def created(self) -> str:
+        return self.metadata.created
+
+    @property
+    def size_bytes(self) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            for child in self.path.iterdir():
+                with contextlib.suppress(OSError):
+                    total += child.stat().st_size
+        return total
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a safe cache name, else raise `CacheError`.
+
+    Safe: 1-100 characters from letters, digits, `.`, `_`, `-`, starting with a letter or digit,
+    no `..`. This keeps every cache inside the store (no `/`, no `..`, no hidden names).
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise CacheError(
+            f"invalid cache name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def derive_name(source: str, key: str) -> str:
+    """A readable default name: the source file's stem, slugged, plus 8 hex of the key."""
+    stem = Path(source).stem if source not in ("", "-") else "stdin"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:48]
+    slug = re.sub(r"\.{2,}", ".", slug) or "doc"
+    return validate_name(f"{slug}-{key[:8]}")
+
+
+class Store:
+    """The cache store rooted at `root` (default: `paths.store_dir()`, read at construction)."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else paths.store_dir()
+
+    def _access_error(self, exc: OSError, action: str = "save the cache") -> StoreAccessError:
+        return StoreAccessError(action, self.root, exc.errno, exc.strerror or str(exc))
+
+    # ---------------------------------------------------------------- locks
+
+    def _lock_path(self, kind: str, ident: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", ident) or ".." in ident:
+            raise CacheError(f"invalid lock name {ident!r}")
+        locks = self.root / ".locks"
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._access_error(exc, "use the cache store") from exc
+        return locks / f"{kind}-{ident}.lock"
+
+    @contextlib.contextmanager
+    def _flock(
+        self,
+        path: Path,
+        *,
+        exclusive: bool,
+        on_wait: Callable[[], None] | None = None,
+        wait: bool = True,
+    ) -> Iterator[None]:
+        """Hold an fcntl lock on `path`; with `wait=False`, raise `BlockingIOError` if busy."""
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._access_error(exc, "use the cache store") from exc
+        try:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def ingest_lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Any:
+        """Exclusive lock for computing the cache with content `key`.
+
+        Two ingests of the same document serialise on it: the second finds the first's cache
+        and reuses it. `on_wait` is called once if the lock is already held.
+        """
+        return self._flock(self._lock_path("key", key), exclusive=True, on_wait=on_wait)
+
+    def _name_lock(self, name: str, *, exclusive: bool) -> Any:
+        return self._flock(self._lock_path("name", validate_name(name)), exclusive=exclusive)
+
+    # ---------------------------------------------------------------- listing
+
+    def _cache_dir(self, name: str) -> Path:
+        path = self.root / validate_name(name)
+        # Belt and braces: the regex already forbids separators and '..'.
+        if path.resolve().parent != self.root.resolve():
+            raise CacheError(f"invalid cache name {name!r}: it would leave the store")
+        return path
+
+    def _folders(self) -> list[str]:
+        """Names of every cache folder, complete or not (work folders excluded), sorted."""
+        if not self.root.is_dir():
+            return []
+        self._restore_swapped()
+        return sorted(
+            child.name
+            for child in self.root.iterdir()
+            if not child.name.startswith(".")
+            and _NAME_RE.fullmatch(child.name)
+            and ".." not in child.name
+            and child.is_dir()
+        )
+
+    def names(self) -> list[str]:
+        """Names of the complete caches (those with metadata), sorted."""
+        return [name for name in self._folders() if (self.root / name / META_FILE).is_file()]
+
+    def _swaps(self, *, alive: bool) -> list[tuple[Path, str]]:
+        """`(old cache folder, its name)` in swap folders whose process is (or is no longer) alive.
+
+        A replacement renames the old cache to `.swap-<pid>-*/old` before renaming the new one in.
+        """
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            owner = fs.work_owner(child)
+            if owner is None or owner[0] != "swap" or fs.pid_alive(owner[1]) != alive:
+                continue
+            old = child / "old"
+            with contextlib.suppress(CacheError):
+                found.append((old, validate_name(fmt.saved_name(old))))
+        return found
+
+    def records(self) -> list[CacheRecord]:
+        """Every readable cache, oldest first. Damaged caches are skipped with a warning.
+
+        Each record is read under its shared name lock, and names in the middle of a
+        replacement are waited for, so a listing never misses a cache being re-ingested.
+        """
+        records = []
+        being_replaced = [name for _, name in self._swaps(alive=True)]
+        for name in sorted({*self._folders(), *being_replaced}):
+            try:
+                with self._name_lock(name, exclusive=False):
+                    records.append(self._read_record(name))
+            except CacheNotFoundError:
+                continue  # removed while we listed
+            except CacheError as exc:
+                logger.warning("%s", exc, extra={"homer_error": exc})
+        return sorted(records, key=lambda r: (r.created, r.name))
+
+    def latest(self) -> CacheRecord | None:
+        """The most recently created cache, or None when the store is empty."""
+        records = self.records()
+        return records[-1] if records else None
+
+    def exists(self, name: str) -> bool:
+        return (self._cache_dir(name) / META_FILE).is_file()
+
+    def record(self, name: str) -> CacheRecord:
+        """The metadata of cache `name`.
+
+        Raises:
+            CacheNotFoundError: no such cache (lists those that exist).
+            CacheDamagedError, CacheVersionError: its metadata is damaged or from a newer homer.
+        """
+        # The shared name lock waits out a replacement in progress (`save --force` renames the
+        # old cache out before the new one in), so a reader never sees the name missing.
+        with self._name_lock(name, exclusive=False):
+            return self._read_record(name)
+
+    def find(self, key: str) -> CacheRecord | None:
+        """A cache with content key `key`, if one is saved (the newest if several)."""
+        matches = [r for r in self.records() if r.key == key]
+        return matches[-1] if matches else None
+
+    def _read_record(self, name: str) -> CacheRecord:
+        folder = self._cache_dir(name)
+        if not (folder / META_FILE).is_file() and not folder.is_dir():
+            raise CacheNotFoundError(name, self.names())
+        # A complete cache always has metadata (it is renamed in whole): reading says if not.
+        return CacheRecord(name=name, path=folder, metadata=fmt.read_meta(folder, name))
+
+    # ---------------------------------------------------------------- saving
+
+    def save(
+        self,
+        cache: HomerCache,
+        provenance: Provenance,
+        *,
+        name: str,
+        overwrite: bool = False,
+    ) -> CacheRecord:
+        """Write `cache` atomically as `name` and return its record.
+
+        Args:
+            provenance: what the cache was built from (content key, model, document, settings).
+            overwrite: replace an existing cache of that name; otherwise that is refused.
+
+        Raises:
+            CacheError: the name is invalid.
+            CacheExistsError: the name is taken and `overwrite` is off.
+            StoreAccessError: the disk refused the write (nothing is left behind).
+        """
+        folder = self._cache_dir(name)
+        tmp: Path | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            tmp = fs.work_dir(self.root)
+            tensor_path = tmp / TENSOR_FILE
+            fmt.write_tensors(cache, tensor_path)
+            meta = fmt.build_meta(
+                cache, provenance, name=name, created=_now(), tensor_path=tensor_path
+            )
+            fs.write_durable(tmp / META_FILE, meta.to_json())
+            tmp.chmod(0o755)
+            with self._name_lock(name, exclusive=True):
+                if folder.exists():
+                    if not overwrite and (folder / META_FILE).is_file():
+                        raise CacheExistsError(name)
+                    self._replace(folder, tmp)
+                else:
+                    os.replace(tmp, folder)
+                fs.fsync_dir(self.root)
+        except OSError as exc:
+            raise self._access_error(exc) from exc
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("saved cache %s (%s)", name, folder)
+        return CacheRecord(name=name, path=folder, metadata=meta)
+
+    def copy(self, src: str, dst: str) -> CacheRecord:
+        """Save the cache `src` again under the name `dst` (same content, same key)."""
+        record = self.record(src)
+        target = self._cache_dir(dst)
+        tmp: Path | None = None
+        try:
+            self._sweep()
+            tmp = fs.work_dir(self.root)
+            with self._name_lock(src, exclusive=False):
+                shutil.copy2(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
+            meta = record.metadata.renamed(dst, _now())
+            fs.write_durable(tmp / META_FILE, meta.to_json())
+            tmp.chmod(0o755)
+            with self._name_lock(dst, exclusive=True):
+                if target.exists():
+                    raise CacheExistsError(dst)
+                os.replace(tmp, target)
+        except OSError as exc:
+            raise self._access_error(exc) from exc
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return CacheRecord(name=dst, path=target, metadata=meta)
+
+    def _replace(self, folder: Path, new: Path) -> None:
+        """Put the complete cache `new` in place of the cache `folder` (name lock held).
+
+        The old cache waits in `.swap-<pid>-*/old` until the new one is in place. If this
+        process is interrupted between the two renames it puts the old one back; if it is killed
+        there, `_restore_swapped` (run by the next listing) does.
+        """
+        swap = fs.work_dir(self.root, "swap")
+        os.replace(folder, swap / "old")
+        try:
+            os.replace(new, folder)
+        except BaseException:
+            if not folder.exists():
+                os.replace(swap / "old", folder)
+            shutil.rmtree(swap, ignore_errors=True)
+            raise
+        shutil.rmtree(swap, ignore_errors=True)
+
+    def _restore_swapped(self) -> None:
+        """Put back caches whose replacement was killed between its two renames."""
+        for old, name in self._swaps(alive=False):
+            # Never wait here: the caller may hold this very name's lock (a load that found the
+            # name missing lists the store); a busy name is restored by a later listing.
+            with (
+                contextlib.suppress(OSError, CacheError),
+                self._flock(self._lock_path("name", name), exclusive=True, wait=False),
+            ):
+                if old.is_dir() and not (self.root / name).exists():
+                    os.replace(old, self.root / name)
+                    logger.warning("restored cache %s after an interrupted replacement", name)
+
+    def _sweep(self) -> None:
+        """Remove temp, trash and swap folders left by processes that no longer exist."""
+        if not self.root.is_dir():
+            return
+        self._restore_swapped()
+        fs.sweep(self.root, _WORK_KINDS)
+
+    # ---------------------------------------------------------------- loading
+
+    def load(
+        self,
+        name: str,
+        *,
+        model_fingerprint: str | None = None,
+        tokenizer_fingerprint: str | None = None,
+        model_id: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[HomerCache, CacheRecord]:
+        """Load and check cache `name`; return it with its record.
+
+        Args:
+            model_fingerprint / tokenizer_fingerprint: when given, must match the ones the cache
+                was built with (`model_id` only improves the message).
+            dtype: convert keys and values to this dtype when it differs (a dtype cast of the
+                same weights' cache; the fingerprint is dtype-independent).
+            device: move the cache there.
+
+        Raises:
+            CacheNotFoundError: no such cache.
+            CacheMismatchError: built with another model or tokenizer (both are named).
+            CacheDamagedError: damaged (checksum, truncation, bad header), naming the file.
+            CacheVersionError: written by a newer homer.
+            CacheDtypeError: `dtype` cannot hold its values.
+        """
+        with self._name_lock(name, exclusive=False):
+            record = self._read_record(name)
+            fmt.check_built_with(
+                record.metadata,
+                name,
+                model_fingerprint=model_fingerprint,
+                tokenizer_fingerprint=tokenizer_fingerprint,
+                model_id=model_id,
+            )
+            cache = fmt.read_cache(record.path, record.metadata, name)
+        if dtype is not None and cache.dtype != dtype:
+            logger.info("converting cache %s from %s to %s", name, cache.dtype, dtype)
+            cache = fmt.convert(cache, dtype, name)
+        if device is not None:
+            cache = cache.to(device=device)
+        return cache, record
+
+    # ---------------------------------------------------------------- removing
+
+    def remove(self, name: str) -> None:
+        """Delete cache `name` (raises `CacheNotFoundError` when it does not exist).
+
+        A folder with damaged metadata can still be removed, so removing is always the fix.
+        """
+        folder = self._cache_dir(name)
+        if not folder.is_dir():
+            raise CacheNotFoundError(name, self.names())
+        with self._name_lock(name, exclusive=True):
+            try:
+                trash = fs.work_dir(self.root, "trash")
+                os.replace(folder, trash / "old")
+            except OSError as exc:
+                raise self._access_error(exc, f"remove {name!r}") from exc
+            shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._lock_path("name", name).unlink()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
