@@ -53,7 +53,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Hub id or local folder; default: $HOMER_MODEL, else the embedded "
+        help="Hub id, local folder or .gguf file; default: $HOMER_MODEL, else the embedded "
         "smollm2-135m-instruct.",
         show_default=False,
     ),
@@ -181,7 +181,7 @@ def _read_stdin_text(what: str) -> str:
 def _load_model(
     name: str | None, device: str | None, dtype: str | None, trust_remote_code: bool
 ) -> LoadedModel:
-    from homer.models import embedded_model_dir, is_embedded, resolve_model_name
+    from homer.models import conversion_pending, resolve_model_name
     from homer.service import ModelChoice, load_model
 
     choice = ModelChoice(name=name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -190,8 +190,8 @@ def _load_model(
 
         resolved = resolve_model_name(name)
         message = f"loading {resolved}…"
-        if is_embedded(resolved) and not (embedded_model_dir() / "config.json").is_file():
-            message = f"converting {resolved} to safetensors (once; about a minute)…"
+        if conversion_pending(resolved):
+            message = f"converting {resolved} to safetensors (once; a minute or more)…"
         console = Console(stderr=True)
         with console.status(message):
             return load_model(choice)
