@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from homer.fingerprint import model_fingerprint, tokenizer_fingerprint
 from homer.paths import calibration_dir
 from homer.prompts import PromptTemplate, encode
 from homer.significance import last_query_logits
+from homer.store import fs
 
 logger = logging.getLogger(__name__)
 
@@ -181,18 +180,6 @@ def measure_bias(
     return smooth_by_distance(sums, counts)
 
 
-def _save_atomic(path: Path, bias: torch.Tensor, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file({"bias": bias.contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def calibrate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -228,5 +215,10 @@ def calibrate(
     logger.info("calibrating %s (%d samples of %d tokens)", mode, samples, resolved.max_chunk_len)
     sequences = _sample_sequences(tokenizer, resolved, mode, samples)
     bias = measure_bias(adapter, sequences, resolved.max_chunk_len, on_sample)
-    _save_atomic(path, bias, {"mode": mode, "format_version": str(FORMAT_VERSION)})
+    with fs.replacing(path) as tmp:
+        save_file(
+            {"bias": bias.contiguous()},
+            str(tmp),
+            metadata={"mode": mode, "format_version": str(FORMAT_VERSION)},
+        )
     return Calibration(bias=bias, mode=mode, key=key)
