@@ -8,8 +8,9 @@ Text is yielded as it becomes printable: bytes of a character split across token
 until complete, and so is text that could be the start of a stop string.
 
 Decoding stops at the end-of-sequence token or a stop string (`finish_reason="stop"`), at
-`max_new_tokens` or the end of the model's window (`"length"`), or when `cancel()` is called from
-any thread (`"cancelled"`). This module knows nothing about the store, the CLI or HTTP.
+`max_new_tokens` or the end of the model's window (`"length"`), when the answer starts to loop
+(`"repetition"`: one clause said three times in a row, `homer.repetition`; `stop_loops=False`
+decodes on), or when `cancel()` is called from any thread (`"cancelled"`). This module knows nothing about the store, the CLI or HTTP.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from homer.adapter import ModelAdapter, cache_kwargs
 from homer.cache import HomerCache
 from homer.errors import HomerError
 from homer.prompts import PromptTemplate, Turn, encode
+from homer.repetition import loop_start
 
-FinishReason = Literal["stop", "length", "cancelled", ""]
+FinishReason = Literal["stop", "length", "repetition", "cancelled", ""]
 
 
 class ContextOverflowError(HomerError):
@@ -56,7 +58,8 @@ class GenerationStats:
         prompt_tokens: tokens fed after the cache (earlier turns and the question).
         new_tokens: tokens generated (a stop string's tokens included, the EOS token not).
         finish_reason: `"stop"` (end-of-sequence or a stop string), `"length"` (`max_new_tokens`
-            or the model's window reached), `"cancelled"`; `""` until the stream is exhausted.
+            or the model's window reached), `"repetition"` (the answer began to loop:
+            `homer.repetition`), `"cancelled"`; `""` until the stream is exhausted.
     """
 
     prompt_tokens: int = 0
@@ -133,6 +136,7 @@ class GenerationStream:
         raw: bool = False,
         history: Sequence[Turn] = (),
         stop: Sequence[str] = (),
+        stop_loops: bool = True,
     ) -> None:
         if not question.strip():
             raise ValueError("the question is empty")
@@ -149,6 +153,7 @@ class GenerationStream:
         self.temperature = temperature
         self.top_p = top_p
         self.stop = tuple(s for s in stop if s)
+        self.stop_loops = stop_loops
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.adapter = ModelAdapter(model)
         if raw:
@@ -232,6 +237,9 @@ class GenerationStream:
                     yield text[emitted:safe]
                     emitted = safe
             self.text = text
+            if self.stop_loops and loop_start(self.token_ids) is not None:
+                finish = "repetition"
+                break
             if step + 1 < limit:
                 logits = self._forward([token], position, past)
                 position += 1
@@ -256,6 +264,7 @@ def generate(
     raw: bool = False,
     history: Sequence[Turn] = (),
     stop: Sequence[str] = (),
+    stop_loops: bool = True,
 ) -> GenerationStream:
     """Answer `question` from `cache`; iterate the result for text pieces as they are generated.
 
@@ -280,4 +289,5 @@ def generate(
         raw=raw,
         history=history,
         stop=stop,
+        stop_loops=stop_loops,
     )

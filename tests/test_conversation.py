@@ -140,13 +140,34 @@ def test_end_of_sequence_finishes_with_stop(tiny: tuple[Any, Any], cache: Any) -
 def test_window_end_and_overflow(tiny: tuple[Any, Any], cache: Any) -> None:
     model, tokenizer = tiny
     window = model.config.max_position_embeddings
-    stream = generate(model, tokenizer, cache, "Who?", max_new_tokens=window)
+    stream = generate(model, tokenizer, cache, "Who?", max_new_tokens=window, stop_loops=False)
     list(stream)
     assert stream.stats.finish_reason == "length"
     fed = cache.last_position + 1 + stream.stats.prompt_tokens
     assert stream.stats.new_tokens <= window - fed + 1
     with pytest.raises(ContextOverflowError, match="window holds 256"):
         generate(model, tokenizer, cache, "why " * 300)
+
+
+def test_a_looping_answer_stops_with_finish_reason_repetition(
+    tiny: tuple[Any, Any], cache: Any
+) -> None:
+    """A random model loops long before the window ends; the loop rule stops it, and only it."""
+    from homer.repetition import loop_start
+
+    model, tokenizer = tiny
+    window = model.config.max_position_embeddings
+    looping = generate(model, tokenizer, cache, "Who?", max_new_tokens=window, stop_loops=False)
+    list(looping)
+    start = next(
+        (n for n in range(1, len(looping.token_ids) + 1) if loop_start(looping.token_ids[:n])),
+        None,
+    )
+    assert start is not None, "the tiny model did not loop; pick another question"
+    stopped = generate(model, tokenizer, cache, "Who?", max_new_tokens=window)
+    list(stopped)
+    assert stopped.stats.finish_reason == "repetition"
+    assert stopped.token_ids == looping.token_ids[:start]  # the same answer, up to the loop
 
 
 def test_cancel_stops_the_stream_from_another_thread(tiny: tuple[Any, Any], cache: Any) -> None:
