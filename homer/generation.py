@@ -10,7 +10,8 @@ until complete, and so is text that could be the start of a stop string.
 Decoding stops at the end-of-sequence token or a stop string (`finish_reason="stop"`), at
 `max_new_tokens` or the end of the model's window (`"length"`), when the answer starts to loop
 (`"repetition"`: one clause said three times in a row, `homer.repetition`; `stop_loops=False`
-decodes on), or when `cancel()` is called from any thread (`"cancelled"`). This module knows nothing about the store, the CLI or HTTP.
+decodes on), or when `cancel()` is called from any thread (`"cancelled"`). This module knows
+nothing about the store, the CLI or HTTP.
 """
 
 from __future__ import annotations
