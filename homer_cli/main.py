@@ -108,7 +108,8 @@ JsonOpt = Annotated[
     bool,
     typer.Option(
         "--json",
-        help="Print one JSON object (answer, cache, model, token counts, timings in seconds).",
+        help="Print one JSON object (answer, finish_reason: stop, length or repetition, cache, "
+        "model, token counts, timings in seconds).",
     ),
 ]
 MaxChunkOpt = Annotated[
@@ -421,6 +422,7 @@ def _answer(
         stats = stream.stats
         payload = {
             "answer": answer.strip(),
+            "finish_reason": stats.finish_reason,
             "cache": record.name,
             "model": model_name,
             "source": record.source,
@@ -489,6 +491,7 @@ def _answer_remote(
     timings = info.get("timings", {})
     payload = {
         "answer": reply.text.strip(),
+        "finish_reason": info.get("finish_reason"),
         "cache": info.get("cache"),
         "model": info.get("model"),
         "source": info.get("source"),

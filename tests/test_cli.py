@@ -145,6 +145,8 @@ def test_ingest_ask_list_show_rm(tiny_model_dir: Path, document: Path, engine_ho
     assert payload["tokens"]["cache"] > 0
     assert payload["tokens"]["document"] > payload["tokens"]["cache"]
     assert payload["tokens"]["answer"] <= 5
+    # 5 tokens cannot make a loop: it ended at the end-of-sequence token or at the limit
+    assert payload["finish_reason"] == ("length" if payload["tokens"]["answer"] == 5 else "stop")
     assert set(payload["timings"]) >= {"model_load_s", "cache_load_s", "time_to_first_token_s"}
 
     summary = invoke("summarize", "--max-tokens", "4", "--json")
