@@ -40,11 +40,39 @@ app = typer.Typer(
         "Example:\n\n```\nhomer ingest book.pdf && homer ask 'Who is the narrator?'\n```"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("homer-llm")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            from homer import __version__ as installed
+        typer.echo(f"homer {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print homer's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Read documents far longer than your LLM's context window."""
+
 
 # ----------------------------------------------------------------------------- shared options
 
@@ -693,7 +721,7 @@ def show(
 def rm(
     names: Annotated[list[str], typer.Argument(help="Cache name(s) to delete.")],
 ) -> None:
-    """Delete saved caches.
+    """Delete saved caches: every existing name given; exits 1 if any was missing.
 
     Examples:
 
@@ -704,12 +732,23 @@ def rm(
     """
     with user_errors():
         _setup_logging()
-        from homer.store import Store
+        from homer.store import CacheNotFoundError, Store
 
         store = Store()
-        for name in names:
-            store.remove(name)
+        missing = []
+        for name in dict.fromkeys(names):  # each name once, in the order given
+            try:
+                store.remove(name)
+            except CacheNotFoundError:
+                missing.append(name)
+                continue
             _notice(f"removed {name}")
+        if missing:
+            listed = ", ".join(repr(name) for name in missing)
+            raise CacheNotFoundError(
+                f"no cache named {listed}; the others given were removed (see `homer list`)",
+                store.names(),
+            )
 
 
 @app.command()

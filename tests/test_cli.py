@@ -204,6 +204,19 @@ def test_names_force_and_unknown_cache(
         invoke("ask", "Who?", "--cache", "nope"), "no cache named 'nope'", "book", "book2"
     )
 
+    # rm removes every existing name given, then says which were missing (exit 1).
+    message = one_line_error(invoke("rm", "book", "nope", "book2"), "no cache named 'nope'")
+    assert "book2" not in message.split("no cache named")[1].split(";")[0]
+    assert json.loads(invoke("list", "--json").stdout) == []  # type: ignore[attr-defined]
+
+
+def test_version() -> None:
+    from homer import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0  # type: ignore[attr-defined]
+    assert result.stdout.strip() == f"homer {__version__}"  # type: ignore[attr-defined]
+
 
 def test_ingest_from_stdin_and_dtype_conversion(tiny_model_dir: Path, engine_home: Path) -> None:
     text = "Notes piped from another program. The key is 4242. " * 12
