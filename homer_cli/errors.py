@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -132,6 +133,22 @@ class AdviceFilter(logging.Filter):
         return True
 
 
+#: The library's names for the settings the CLI sets, and the flags that set them.
+FLAGS = {
+    "max_chunk_len": "--max-chunk",
+    "target_len": "--budget",
+    "max_new_tokens": "--max-tokens",
+    "top_p": "--top-p",
+}
+
+
+def in_flags(message: str) -> str:
+    """`message` with the library's setting names replaced by the CLI's flags."""
+    for name, flag in FLAGS.items():
+        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+    return message
+
+
 @contextlib.contextmanager
 def user_errors(
     hint_max_chunk: int | None = None, *, max_chunk_option: bool = False
@@ -176,7 +193,7 @@ def user_errors(
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, ValueError):
             # The library validates settings with ValueError (HomerConfig, generation options).
-            say(_one_line(exc))
+            say(in_flags(_one_line(exc)))
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, OSError) and exc.errno is not None:
             # The system refused a file operation (a full disk, a read-only folder): not a bug.

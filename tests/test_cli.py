@@ -346,3 +346,15 @@ def test_library_errors_get_advice_in_the_cli_s_terms() -> None:
         assert "--" not in str(error) and "`homer" not in str(error), error
         assert str(error).split(" (existing")[0] in describe(error)
         assert advice in describe(error), (describe(error), advice)
+
+
+def test_errors_about_settings_name_the_flags(
+    tiny_model_dir: Path, document: Path, engine_home: Path
+) -> None:
+    model = str(tiny_model_dir)
+    early = invoke("ingest", str(document), "--model", model, "--max-chunk", "64", "--budget", "99")
+    message = one_line_error(early, "--budget (99) cannot exceed --max-chunk (64)")
+    assert "target_len" not in message and "max_chunk_len" not in message
+    # Past the default chunk size (half the tiny model's 256-token window): found after loading.
+    late = invoke("ingest", str(document), "--model", model, "--budget", "200")
+    one_line_error(late, "--budget (200) cannot exceed --max-chunk (128)")
