@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -239,7 +240,7 @@ class _ProgressBars:
     """A rich progress display over the engine's `ProgressEvent`s (stderr, terminals only)."""
 
     _LABELS: ClassVar[dict[str, str]] = {
-        "calibrate": "calibrating",
+        "calibrate": "calibrating the model (once per model and chunk size)",
         "leaf": "compressing",
         "merge": "compressing",
     }
@@ -252,6 +253,7 @@ class _ProgressBars:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         self.progress = Progress(
@@ -259,6 +261,8 @@ class _ProgressBars:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
             console=Console(stderr=True),
             transient=True,
         )
@@ -375,7 +379,36 @@ def ingest(
                 f"reusing the saved cache {done.name!r} (same document, model and settings; "
                 "--force recomputes)"
             )
+        if not done.reused:
+            _notice(_ingest_summary(done.record, done.seconds))
         typer.echo(done.name)
+
+
+def _ingest_summary(record: Any, seconds: float) -> str:
+    """One line for a person: what was saved, how much it shrank, how long it took."""
+    pages = record.meta.get("document", {}).get("page_map") or []
+    where = f", {len(pages)} pages" if pages else ""
+    return (
+        f"saved {record.name}: {record.document_tokens:,} document tokens{where} kept as "
+        f"{record.cache_tokens:,} cache tokens in {seconds:.0f} s"
+    )
+
+
+def _until_first(pieces: Iterable[str], message: str = "reading the cache…") -> Iterator[str]:
+    """`pieces`, with a spinner on stderr until the first one arrives (terminals only)."""
+    if not _stderr_is_tty():
+        yield from pieces
+        return
+    from rich.console import Console
+
+    status = Console(stderr=True).status(message)
+    status.start()
+    try:
+        for piece in pieces:
+            status.stop()
+            yield piece
+    finally:
+        status.stop()
 
 
 def _waiting_for_ingest() -> None:
@@ -439,7 +472,7 @@ def _answer(
         answer = "".join(stream)
     else:
         answer = ""
-        for piece in stream:
+        for piece in _until_first(stream):
             answer += piece
             sys.stdout.write(piece)
             sys.stdout.flush()

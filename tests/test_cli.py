@@ -358,3 +358,48 @@ def test_errors_about_settings_name_the_flags(
     # Past the default chunk size (half the tiny model's 256-token window): found after loading.
     late = invoke("ingest", str(document), "--model", model, "--budget", "200")
     one_line_error(late, "--budget (200) cannot exceed --max-chunk (128)")
+
+
+def _run_with_terminal_stderr(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
+    """Run `python -m homer_cli ARGS` with stderr on a pseudo-terminal (stdout a pipe)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "homer_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env, "COLUMNS": "200"},
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout = proc.stdout.read().decode() if proc.stdout else ""
+    code = proc.wait(timeout=120)
+    os.close(leader)
+    return stdout, b"".join(chunks).decode(errors="replace"), code
+
+
+def test_a_finished_ingest_says_what_it_saved_on_a_terminal(
+    tiny_model_dir: Path, document: Path, engine_home: Path
+) -> None:
+    args = ["ingest", str(document), "--model", str(tiny_model_dir), "--max-chunk", MAX_CHUNK]
+    stdout, stderr, code = _run_with_terminal_stderr(args, {"HOMER_HOME": str(engine_home)})
+    assert code == 0, stderr
+    name = stdout.strip()
+    assert "\n" not in name  # stdout keeps only the name
+    assert f"saved {name}: " in stderr and "document tokens" in stderr, stderr
+    stdout, stderr, code = _run_with_terminal_stderr(
+        ["ask", "Who?", "--max-tokens", "3", "--local"], {"HOMER_HOME": str(engine_home)}
+    )
+    assert code == 0 and stdout.endswith("\n"), stderr
+    assert "reading the cache" in stderr  # the spinner until the first token
