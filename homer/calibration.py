@@ -202,7 +202,7 @@ def calibrate(
     config = config or HomerConfig()
     adapter = ModelAdapter(model)
     resolved = config.resolve(num_layers=adapter.num_layers, window=adapter.window)
-    mode = mode or ("plain" if resolved.reduction == "paper" else "template")
+    mode = mode or resolved.pruning.calibration_mode
     key = calibration_key(model, tokenizer, resolved, mode, samples)
     path = calibration_dir() / f"{key}.safetensors"
     if path.exists() and not force:
