@@ -1,0 +1,160 @@
+"""A library of documents: finding them, ingesting many, ranking and joining caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import homer
+from homer import HomerConfig, compress
+from homer.adapter import output_cache
+from homer.calibration import calibration_text
+from homer.joining import JoinTooLongError, join_caches
+from homer.library import (
+    NoDocumentsError,
+    choose_caches,
+    find_documents,
+    ingest_many,
+    open_joined,
+    shard_of,
+)
+from homer.routing import bm25_scores, rank
+from tests.conftest import MAX_CHUNK
+
+TEXT = calibration_text()
+CONFIG = HomerConfig(max_chunk_len=int(MAX_CHUNK), target_len=64)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def test_bm25_ranks_the_document_that_shares_the_rare_words() -> None:
+    docs = [
+        "the ship sailed and the crew sang about the sea",
+        "the lighthouse keeper Orlan Venner counted 48213 ships",
+        "the the the sea sea sea",
+    ]
+    assert rank("Which number did Orlan Venner count?", docs)[0] == 1
+    scores = bm25_scores("lighthouse", docs)
+    assert scores[1] > 0 and scores[0] == scores[2] == 0
+    assert bm25_scores("anything", []) == []
+
+
+# ----------------------------------------------------------------------------- finding documents
+
+
+def test_find_documents_searches_folders_keeps_order_and_skips_the_rest(tmp_path: Path) -> None:
+    shelf = tmp_path / "shelf"
+    (shelf / "sub").mkdir(parents=True)
+    (shelf / ".hidden").mkdir()
+    for name in ("b.txt", "a.md", "sub/c.pdf", "notes.bin", ".hidden/d.txt", ".e.txt"):
+        (shelf / name).write_text("x")
+    alone = tmp_path / "data.weird"
+    alone.write_text("y")
+    found = find_documents([shelf, alone, shelf / "b.txt", str(shelf / "*.md")])
+    assert found == [shelf / "a.md", shelf / "b.txt", shelf / "sub/c.pdf", alone]
+    with pytest.raises(NoDocumentsError, match="nope"):
+        find_documents([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoDocumentsError, match="no documents"):
+        find_documents([tmp_path / "empty"])
+
+
+def test_shards_split_a_library_between_processes_exactly_once() -> None:
+    items = [Path(str(i)) for i in range(7)]
+    shares = [shard_of(items, i, 3) for i in range(3)]
+    assert sorted(p for share in shares for p in share) == sorted(items)
+    assert [len(s) for s in shares] == [3, 2, 2]
+    with pytest.raises(ValueError):
+        shard_of(items, 3, 3)
+
+
+# ----------------------------------------------------------------------------- joining caches
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_a_joined_cache_reads_each_document_as_if_it_came_later(tiny: tuple[Any, Any]) -> None:
+    """The second cache's part of a join is what the model caches for that document's tokens
+    read alone at the later positions: keys turned exactly, values unchanged."""
+    model, tokenizer = tiny
+    config = HomerConfig(max_chunk_len=256)
+    first = compress(model, tokenizer, TEXT[:60], config)
+    second = compress(model, tokenizer, TEXT[1000:1050], config)
+    assert first.info.num_chunks == second.info.num_chunks == 1  # plain prefills, no pruning
+    joined = join_caches(model, [first, second], room=16)
+    assert joined.length == first.length + second.length
+    assert joined.positions.tolist() == list(range(joined.length))
+    assert torch.equal(joined.token_ids, torch.cat([first.token_ids, second.token_ids]))
+
+    ids = second.token_ids.unsqueeze(0)
+    later = torch.arange(first.length, joined.length).unsqueeze(0)
+    with torch.inference_mode():
+        out = model(input_ids=ids, position_ids=later, use_cache=True)
+    plain = output_cache(out)
+    for layer, (k, v) in enumerate(zip(joined.keys, joined.values, strict=True)):
+        plain_k, plain_v = plain.layers[layer].keys, plain.layers[layer].values
+        torch.testing.assert_close(k[:, :, first.length :], plain_k, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(v[:, :, first.length :], plain_v, atol=1e-4, rtol=1e-4)
+        assert torch.equal(k[:, :, : first.length], first.keys[layer])
+
+
+def test_joining_refuses_caches_that_leave_no_room(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128))
+    with pytest.raises(JoinTooLongError, match="leave no room") as refused:
+        join_caches(model, [cache, cache], room=64)  # 2 x 128 + 64 > the 256-token window
+    assert refused.value.lengths == [128, 128] and refused.value.window == 256
+    assert join_caches(model, [cache]) is cache
+    assert join_caches(model, [cache, cache], room=0).length == 256
+
+
+# ----------------------------------------------------------------------------- many documents
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> homer.LoadedModel:
+    return homer.load_model(homer.ModelChoice(name=str(tiny_model_dir), device="cpu"))
+
+
+def test_a_batch_saves_each_document_once_reports_failures_and_resumes(
+    model: homer.LoadedModel, tmp_path: Path, engine_home: Path
+) -> None:
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "one.txt").write_text(TEXT[:1500])
+    (shelf / "two.md").write_text(TEXT[2000:3500])
+    (shelf / "empty.txt").write_text("   \n")
+    (shelf / "same-as-one.txt").write_text(TEXT[:1500])
+    paths = find_documents([shelf])
+    first = ingest_many(paths[:2], model, config=CONFIG)  # an interrupted run
+    assert [o.status for o in first] == ["failed", "saved"]
+    assert "empty" in (first[0].error or "")
+    done = ingest_many(paths, model, config=CONFIG)
+    status = {o.path.name: o.status for o in done}
+    assert status == {
+        "empty.txt": "failed",
+        "one.txt": "reused",
+        "same-as-one.txt": "reused",  # the same content: the same cache
+        "two.md": "saved",
+    }
+    names = {o.path.name: o.name for o in done}
+    assert names["one.txt"] == names["same-as-one.txt"]
+    assert len(homer.Store().names()) == 2
+
+    # Two documents joined answer from one cache; the router ranks by kept text.
+    joined, records = open_joined(model, [names["one.txt"], names["two.md"]], room=64)
+    assert [r.name for r in records] == [names["one.txt"], names["two.md"]]
+    assert joined.length == sum(r.cache_tokens for r in records)
+    words = TEXT[2000:3500].split()
+    question = f"What about {words[len(words) // 2]} {words[len(words) // 2 + 1]}?"
+    choice = choose_caches(homer.Store(), question, model, limit=1, room=64)
+    assert len(choice.names) == 1 and set(choice.scores) == set(names.values()) - {None}
