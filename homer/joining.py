@@ -43,19 +43,25 @@ class JoinTooLongError(HomerError):
         self.room = room
 
 
-#: Tokens left free after joined caches for the question and its answer.
+#: Tokens left free after joined caches for the question and its answer (a quarter of the
+#: window for models with a window under 1,024 tokens).
 QUESTION_ROOM = 256
 
 
+def question_room(window: int) -> int:
+    """Tokens to keep free after joined caches in a `window`-token model."""
+    return min(QUESTION_ROOM, window // 4)
+
+
 def join_caches(
-    model: torch.nn.Module, caches: Sequence[HomerCache], room: int = QUESTION_ROOM
+    model: torch.nn.Module, caches: Sequence[HomerCache], room: int | None = None
 ) -> HomerCache:
     """One cache holding `caches` in order, at consecutive positions.
 
     Args:
         model: the model every cache was built with (its rotary embedding turns the keys).
         caches: caches on the model's device and dtype, each at compact positions.
-        room: tokens that must stay free in the window after them.
+        room: tokens that must stay free in the window after them (default: `question_room`).
 
     Raises:
         ValueError: no caches, or caches of different shapes (another model).
@@ -66,6 +72,7 @@ def join_caches(
     if len(caches) == 1:
         return caches[0]
     adapter = ModelAdapter(model)
+    room = question_room(adapter.window) if room is None else room
     lengths = [cache.length for cache in caches]
     if sum(lengths) + room > adapter.window:
         raise JoinTooLongError(lengths, adapter.window, room)

@@ -123,6 +123,7 @@ def ingest_many(
     *,
     store: Store | None = None,
     config: HomerConfig | None = None,
+    force: bool = False,
     shard: tuple[int, int] = (0, 1),
     on_start: Callable[[int, int, Path], None] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
@@ -135,6 +136,7 @@ def ingest_many(
     so running the same batch again finishes what an interrupted run left.
 
     Args:
+        force: compress every document again, replacing its saved cache.
         shard: `(index, count)`: take every `count`-th document from `index` (`shard_of`).
         on_start: called with (position in this shard, shard size, path) before each document.
         on_done: called with each document's `Outcome`.
@@ -151,7 +153,7 @@ def ingest_many(
             on_start(position, len(mine), path)
         began = time.perf_counter()
         try:
-            done = ingest(path, model, store=store, config=config, progress=progress)
+            done = ingest(path, model, store=store, config=config, force=force, progress=progress)
         except (HomerError, ValueError, OSError, MemoryError, RuntimeError) as exc:
             # One document's failure is its own: report it and go on with the rest. Anything
             # else is a bug, and stops the batch.
@@ -218,10 +220,9 @@ def choose_caches(
         CacheError: no cache of this model is saved.
     """
     from homer.adapter import ModelAdapter
-    from homer.joining import QUESTION_ROOM
+    from homer.joining import question_room
     from homer.routing import bm25_scores
 
-    room = QUESTION_ROOM if room is None else room
     records = [
         r
         for r in store.records()
@@ -233,6 +234,7 @@ def choose_caches(
     scores = bm25_scores(question, texts)
     order = sorted(range(len(records)), key=lambda i: -scores[i])
     window = ModelAdapter(model.model).window
+    room = question_room(window) if room is None else room
     chosen: list[str] = []
     used = 0
     for i in order:
@@ -254,19 +256,17 @@ def open_joined(
     room: int | None = None,
 ) -> tuple[HomerCache, list[CacheRecord]]:
     """Load caches `names` for `model` and join them, in that order, into one cache, leaving
-    `room` tokens of the window free (default `homer.joining.QUESTION_ROOM`).
+    `room` tokens of the window free (default `homer.joining.question_room`).
 
     Raises:
         CacheNotFoundError, CacheMismatchError, CacheError: as `homer.service.open_cache`.
         JoinTooLongError: together they do not fit the model's window with room for a question.
     """
-    from homer.joining import QUESTION_ROOM, join_caches
+    from homer.joining import join_caches
     from homer.service import open_cache
     from homer.store import Store
 
     store = store or Store()
     opened = [open_cache(model, name, store=store) for name in dict.fromkeys(names)]
-    joined = join_caches(
-        model.model, [o.cache for o in opened], QUESTION_ROOM if room is None else room
-    )
+    joined = join_caches(model.model, [o.cache for o in opened], room)
     return joined, [o.record for o in opened]

@@ -113,6 +113,24 @@ CacheOpt = Annotated[
         show_default=False,
     ),
 ]
+CachesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cache",
+        "-c",
+        help="Cache name (see `homer list`); default: the most recent. Give it several times to "
+        "ask across documents (their caches are read one after another).",
+        show_default=False,
+    ),
+]
+AllOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all",
+        help="Ask across the whole library: the caches most relevant to the question (BM25 over "
+        "what each kept), as many as fit the model's window.",
+    ),
+]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 TemperatureOpt = Annotated[
     float, typer.Option("--temperature", "-t", help="0 = greedy (deterministic).")
@@ -287,7 +305,14 @@ class _ProgressBars:
 
 @app.command()
 def ingest(
-    path: Annotated[str, typer.Argument(help="A PDF, text or markdown file, or - to read stdin.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="A PDF, text or markdown file, - to read stdin, or several files, folders "
+            "and globs (one cache per document).",
+            show_default=False,
+        ),
+    ],
     model: ModelOpt = None,
     name: Annotated[
         str | None,
@@ -322,19 +347,51 @@ def ingest(
         str | None, typer.Option(help="Password of an encrypted PDF.", show_default=False)
     ] = None,
     trust_remote_code: TrustOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With several documents: print the results as JSON.")
+    ] = False,
 ) -> None:
     """Compress a document into a saved cache and print the cache's name.
 
     Only the name goes to stdout, so `name=$(homer ingest book.pdf)` works. Ingesting the same
     document with the same model and settings again reuses the saved cache.
 
+    Given several files, folders (searched for .pdf, .txt, .md, ... files) or globs, it saves
+    one cache per document, reuses those already saved (so re-running finishes an interrupted
+    batch), reports a failing document and goes on, prints a table of the results (`--json`:
+    a JSON array) and exits 1 if any failed. Under `accelerate launch` each process takes its
+    share of the documents on its own device.
+
     Examples:
 
     ```
     homer ingest book.pdf --name book
     cat notes.md | homer ingest - --budget 1024
+    homer ingest papers/ contracts/*.pdf
+    accelerate launch --num_processes 2 -m homer_cli ingest library/
     ```
     """
+    several = len(paths) != 1 or (paths[0] != "-" and Path(paths[0]).is_dir())
+    if several:
+        with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
+            for option, value in (("--name", name), ("--focus", focus), ("--password", password)):
+                if value is not None:
+                    raise typer.BadParameter(f"{option} takes one document, not several")
+            if "-" in paths:
+                raise typer.BadParameter("- (stdin) cannot be one of several documents")
+            _ingest_library(
+                paths,
+                model=model,
+                device=device,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                budget=budget,
+                max_chunk=max_chunk,
+                force=force,
+                as_json=as_json,
+            )
+        return
+    path = paths[0]
     with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
         from homer.config import HomerConfig
         from homer.store import validate_name
@@ -384,6 +441,128 @@ def ingest(
         typer.echo(done.name)
 
 
+def _process_share() -> tuple[Any, tuple[int, int]]:
+    """Under `accelerate launch`, accelerate's state and this process's (index, count); else
+    (None, (0, 1)). The store's locks are all the coordination the processes need."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, (0, 1)
+    import torch
+    from accelerate import PartialState
+
+    # Without a GPU accelerate's state is "multi-CPU" (gloo) only when asked for the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state, (state.process_index, state.num_processes)
+
+
+class _LibraryBars:
+    """Two bars on stderr (terminals only): documents done, and the current document's tree."""
+
+    def __init__(self, total: int) -> None:
+        self.bars = _ProgressBars()
+        self.documents = self.bars.progress.add_task("documents", total=total)
+
+    def __enter__(self) -> _LibraryBars:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)
+
+    def start(self, position: int, total: int, path: Path) -> None:
+        self.bars.progress.update(self.documents, description=f"documents ({path.name})")
+        for task in self.bars.tasks.values():
+            self.bars.progress.reset(task)
+
+    def done(self, outcome: Any) -> None:
+        self.bars.progress.advance(self.documents)
+
+
+def _ingest_library(
+    paths: list[str],
+    *,
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    trust_remote_code: bool,
+    budget: int | None,
+    max_chunk: int | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """`homer ingest` of several documents: one cache each, this process's share of them."""
+    from homer.config import HomerConfig
+    from homer.library import find_documents, ingest_many
+
+    _check_at_least("--max-chunk", max_chunk, 8)
+    _check_at_least("--budget", budget, 8)
+    config = HomerConfig(max_chunk_len=max_chunk, target_len=budget)
+    documents = find_documents(paths)
+    _setup_runtime()
+    state, share = _process_share()
+    if state is not None and device is None:
+        device = str(state.device)
+    loaded = _load_model(model, device, dtype, trust_remote_code)
+    bars: Any = _LibraryBars(len(documents[share[0] :: share[1]])) if _stderr_is_tty() else None
+    with bars if bars is not None else contextlib.nullcontext():
+        outcomes = ingest_many(
+            documents,
+            loaded,
+            config=config,
+            force=force,
+            shard=share,
+            on_start=bars.start if bars else None,
+            on_done=bars.done if bars else None,
+            progress=bars.bars if bars else None,
+        )
+    rows = [o.to_dict() for o in outcomes]
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+        if not state.is_main_process:
+            failed = sum(row["status"] == "failed" for row in rows)
+            raise typer.Exit(1 if failed else 0)
+    _print_library_results(rows, as_json)
+
+
+def _print_library_results(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """The batch's results on stdout (a table, or JSON), and exit 1 if any document failed."""
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for column in ("document", "status", "name", "doc tokens", "cache tokens", "seconds"):
+            justify = "right" if column in ("doc tokens", "cache tokens", "seconds") else "left"
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(
+                _plain(str(row["path"])),
+                str(row["status"]),
+                _plain(str(row["name"] or "")),
+                f"{row['document_tokens']:,}" if row["document_tokens"] else "",
+                f"{row['cache_tokens']:,}" if row["cache_tokens"] else "",
+                f"{row['seconds']:.1f}",
+            )
+        width = None if sys.stdout.isatty() else 200
+        Console(file=sys.stdout, width=width, markup=False, highlight=False).print(table)
+    failed = [row for row in rows if row["status"] == "failed"]
+    for row in failed:
+        say(f"{_plain(str(row['path']))}: {_plain(str(row['error']))}")
+    if failed:
+        say(f"{len(failed)} of {len(rows)} documents failed; the others are saved")
+        raise typer.Exit(1)
+
+
+def _plain(text: str) -> str:
+    """`text` with control characters shown as escapes, safe to print to a terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def _ingest_summary(record: Any, seconds: float) -> str:
     """One line for a person: what was saved, how much it shrank, how long it took."""
     pages = record.meta.get("document", {}).get("page_map") or []
@@ -421,7 +600,7 @@ def _waiting_for_ingest() -> None:
 def _answer(
     question: str,
     *,
-    cache_name: str | None,
+    cache_names: list[str],
     model: str | None,
     device: str | None,
     dtype: str | None,
@@ -433,11 +612,14 @@ def _answer(
     as_json: bool,
     server_url: str | None = None,
     local: bool = False,
+    across: bool = False,
 ) -> None:
     """Shared body of `ask` and `summarize`: through a running server when one answers (and no
-    option says how to load a model here), else in this process."""
+    option says how to load a model here), else in this process. Several `cache_names` are
+    joined into one cache; `across` picks the caches most relevant to the question."""
     _check_sampling(max_tokens, temperature, top_p)
-    if not (model or device or dtype or trust_remote_code):
+    one_cache = len(cache_names) <= 1 and not across
+    if one_cache and not (model or device or dtype or trust_remote_code):
         from homer_cli.remote import find_server
 
         server = find_server(server_url, local=local)
@@ -445,7 +627,7 @@ def _answer(
             _answer_remote(
                 server,
                 question,
-                cache_name=cache_name,
+                cache_name=cache_names[0] if cache_names else None,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=top_p,
@@ -460,14 +642,26 @@ def _answer(
     sampling = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     started = time.perf_counter()
     store = Store()
-    record = pick_record(store, cache_name)
+    names = list(dict.fromkeys(cache_names))
+    record = pick_record(store, names[0] if names else None)
     model_name = model or record.model_id
     loaded = _load_model(model_name, device, dtype, trust_remote_code)
     model_loaded = time.perf_counter()
-    opened = open_cache(loaded, record.name, store=store)
-    record = opened.record
+    if across:
+        from homer.library import choose_caches
+
+        choice = choose_caches(store, question, loaded)
+        names = choice.names
+        _notice(f"answering from {', '.join(names)} (the most relevant of {len(choice.scores)})")
+    if len(names) > 1:
+        from homer.library import open_joined
+
+        cache, records = open_joined(loaded, names, store=store)
+    else:
+        opened = open_cache(loaded, names[0] if names else record.name, store=store)
+        cache, records = opened.cache, [opened.record]
     cache_loaded = time.perf_counter()
-    stream = ask(loaded, opened.cache, question, sampling)
+    stream = ask(loaded, cache, question, sampling)
     if as_json:
         answer = "".join(stream)
     else:
@@ -484,12 +678,13 @@ def _answer(
         payload = {
             "answer": answer.strip(),
             "finish_reason": stats.finish_reason,
-            "cache": record.name,
+            "cache": "+".join(r.name for r in records),
+            "caches": [r.name for r in records],
             "model": model_name,
-            "source": record.source,
+            "source": " + ".join(r.source for r in records),
             "tokens": {
-                "document": record.document_tokens,
-                "cache": record.cache_tokens,
+                "document": sum(r.document_tokens for r in records),
+                "cache": cache.length,
                 "prompt": stats.prompt_tokens,
                 "answer": stats.new_tokens,
             },
@@ -571,7 +766,8 @@ def _answer_remote(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question, or - to read it from stdin.")],
-    cache: CacheOpt = None,
+    cache: CachesOpt = None,
+    across: AllOpt = False,
     max_tokens: MaxTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
@@ -595,6 +791,8 @@ def ask(
     ```
     homer ask "Who is the narrator's brother?" --cache book
     echo "Who betrays the captain?" | homer ask - --json
+    homer ask -c contract -c annex "Which clause sets the notice period?"
+    homer ask --all "Which paper reports the largest speed-up?"
     ```
     """
     with user_errors():
@@ -602,9 +800,12 @@ def ask(
             question = _read_stdin_text("question")
         if not question.strip():
             raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+        if across and cache:
+            raise typer.BadParameter("--all chooses the caches itself; drop --cache, or --all")
         _answer(
             question.strip(),
-            cache_name=cache,
+            cache_names=cache or [],
+            across=across,
             model=model,
             device=device,
             dtype=dtype,
@@ -647,7 +848,7 @@ def summarize(
 
         _answer(
             SUMMARY_QUESTION,
-            cache_name=cache,
+            cache_names=[cache] if cache else [],
             model=model,
             device=device,
             dtype=dtype,

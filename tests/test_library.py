@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,118 @@ def test_a_batch_saves_each_document_once_reports_failures_and_resumes(
     question = f"What about {words[len(words) // 2]} {words[len(words) // 2 + 1]}?"
     choice = choose_caches(homer.Store(), question, model, limit=1, room=64)
     assert len(choice.names) == 1 and set(choice.scores) == set(names.values()) - {None}
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_ingests_a_folder_then_asks_across_documents(
+    tiny_model_dir: Path, tmp_path: Path, engine_home: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from homer_cli.main import app
+
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "harbour.txt").write_text(TEXT[:1500])
+    (shelf / "mill.txt").write_text(TEXT[3000:4500])
+    (shelf / "broken.pdf").write_text("not a pdf")
+    runner = CliRunner()
+    model = str(tiny_model_dir)
+    common = ["--model", model, "--max-chunk", MAX_CHUNK, "--budget", "64"]
+    result = runner.invoke(app, ["ingest", str(shelf), *common, "--json"])
+    assert result.exit_code == 1, result.output  # one document failed, the others are saved
+    rows = json.loads(result.stdout)
+    assert [(Path(r["path"]).name, r["status"]) for r in rows] == [
+        ("broken.pdf", "failed"),
+        ("harbour.txt", "saved"),
+        ("mill.txt", "saved"),
+    ]
+    assert "1 of 3 documents failed" in result.stderr
+    names = [r["name"] for r in rows if r["name"]]
+
+    again = runner.invoke(
+        app, ["ingest", str(shelf / "harbour.txt"), str(shelf / "mill.txt"), *common]
+    )
+    assert again.exit_code == 0, again.output
+    assert again.stdout.count("reused") == 2
+
+    both = runner.invoke(
+        app, ["ask", "Who?", "-c", names[0], "-c", names[1], "-n", "3", "--json", "--local"]
+    )
+    assert both.exit_code == 0, both.output
+    payload = json.loads(both.stdout)
+    assert payload["caches"] == names and payload["tokens"]["cache"] == 128
+
+    chosen = runner.invoke(app, ["ask", "Who?", "--all", "-n", "3", "--json", "--local"])
+    assert chosen.exit_code == 0, chosen.output
+    assert set(json.loads(chosen.stdout)["caches"]) <= set(names)
+
+    bad = runner.invoke(app, ["ingest", str(shelf), "--name", "x", *common])
+    assert bad.exit_code == 1 and "--name takes one document" in bad.stderr
+
+
+def test_two_processes_under_accelerate_launch_split_a_library_and_resume_after_a_kill(
+    tiny_model_dir: Path, tmp_path: Path, engine_home: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    for i in range(6):
+        (shelf / f"doc{i}.txt").write_text(TEXT[i * 1800 : i * 1800 + 1500])
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",  # several processes through torchrun; on a CPU-only machine, CPU ones
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "homer_cli",
+        "ingest",
+        str(shelf),
+        "--model",
+        str(tiny_model_dir),
+        "--max-chunk",
+        MAX_CHUNK,
+        "--json",
+    ]
+    env = {**os.environ, "HOMER_HOME": str(engine_home)}
+    store = homer.Store()
+
+    # Killed as soon as the first cache is saved: nothing half-written, the rest still to do.
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not store.names() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved_before = set(store.names())
+    assert 1 <= len(saved_before) < 6
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])  # the main process prints them all
+    assert sorted(Path(r["path"]).name for r in rows) == [f"doc{i}.txt" for i in range(6)]
+    assert {r["name"] for r in rows if r["status"] == "reused"} >= saved_before
+    assert len(store.names()) == 6  # every document saved exactly once
+    for name in store.names():
+        store.record(name)  # and every one reads back
