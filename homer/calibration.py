@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from homer.adapter import ModelAdapter
 from homer.chunking import leaf_positions
@@ -205,20 +206,51 @@ def calibrate(
     mode = mode or resolved.pruning.calibration_mode
     key = calibration_key(model, tokenizer, resolved, mode, samples)
     path = calibration_dir() / f"{key}.safetensors"
+    fs.sweep(path.parent, unowned_after=_STALE_TEMP_SECONDS)
+    shape = (adapter.num_layers, resolved.max_chunk_len)
     if path.exists() and not force:
-        try:
-            bias = load_file(str(path))["bias"]
-            if bias.shape[0] == adapter.num_layers:
-                return Calibration(bias=bias, mode=mode, key=key)
-        except Exception as exc:  # a damaged file is rebuilt, never trusted
-            logger.warning("ignoring unreadable calibration file %s: %s", path, exc)
+        bias = _load_saved(path, shape)
+        if bias is not None:
+            return Calibration(bias=bias, mode=mode, key=key)
     logger.info("calibrating %s (%d samples of %d tokens)", mode, samples, resolved.max_chunk_len)
     sequences = _sample_sequences(tokenizer, resolved, mode, samples)
-    bias = measure_bias(adapter, sequences, resolved.max_chunk_len, on_sample)
+    bias = measure_bias(adapter, sequences, resolved.max_chunk_len, on_sample).contiguous()
+    metadata = {"mode": mode, "format_version": str(FORMAT_VERSION), "sha256": _checksum(bias)}
     with fs.replacing(path) as tmp:
-        save_file(
-            {"bias": bias.contiguous()},
-            str(tmp),
-            metadata={"mode": mode, "format_version": str(FORMAT_VERSION)},
-        )
+        save_file({"bias": bias}, str(tmp), metadata=metadata)
     return Calibration(bias=bias, mode=mode, key=key)
+
+
+#: Temp files of homer 0.1.0 carry no process id; older than this, their writer is gone.
+_STALE_TEMP_SECONDS = 3600.0
+
+
+def _checksum(bias: torch.Tensor) -> str:
+    """SHA-256 of the bias's float32 values, as saved in the file's metadata."""
+    return hashlib.sha256(bias.float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _load_saved(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The bias saved at `path` if it is whole and sound, else None (with one warning).
+
+    Sound: float32 of the expected `(layers, distances)` shape, every value finite, and its
+    checksum as recorded (files written before checksums were recorded have none to check).
+    A file that fails is measured again and replaced, never used.
+    """
+    try:
+        with safe_open(str(path), "pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            bias = fh.get_tensor("bias")
+    except Exception as exc:  # any damage a parser can meet: the file is rebuilt, never trusted
+        problem = f"unreadable ({exc})"
+    else:
+        if bias.dtype != torch.float32 or tuple(bias.shape) != shape:
+            problem = f"a {bias.dtype} bias of shape {tuple(bias.shape)}, not float32 {shape}"
+        elif not bool(torch.isfinite(bias).all()):
+            problem = "it holds values that are not finite"
+        elif recorded is not None and recorded != _checksum(bias):
+            problem = "checksum mismatch (the file is damaged)"
+        else:
+            return bias
+    logger.warning("ignoring the calibration file %s: %s; measuring again", path, problem)
+    return None

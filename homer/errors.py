@@ -75,6 +75,10 @@ class CacheDamagedError(CacheError):
         self.name = name
 
 
+class CacheUnreadableError(CacheDamagedError):
+    """A saved cache's files exist but the system refuses to read them (permissions)."""
+
+
 class CacheVersionError(CacheError):
     """A cache was written in a format version newer than this homer reads.
 
@@ -173,7 +177,8 @@ class StoreAccessError(CacheError):
         action: what was being done, e.g. `"save the cache"`.
         root: the store's folder.
         errno: the system's error number (`errno.ENOSPC`, ...), or None.
-        reason: the system's words for it.
+        reason: the system's words for it, or what is in the way (`ENOTDIR`: the file that is
+            not a folder; `ELOOP`: the symbolic link that was not followed).
     """
 
     def __init__(self, action: str, root: Path | str, errno: int | None, reason: str) -> None:
@@ -183,6 +188,8 @@ class StoreAccessError(CacheError):
         self.reason = reason
         if self.no_space:
             message = f"could not {action}: no space left on the device holding {root}"
+        elif self.not_a_folder or errno == errno_codes.ELOOP:
+            message = f"could not {action}: {reason}"
         elif self.denied:
             message = f"could not {action}: {reason} in {root}"
         else:
@@ -190,18 +197,18 @@ class StoreAccessError(CacheError):
         super().__init__(message)
 
     @property
+    def not_a_folder(self) -> bool:
+        """The store's folder, or one above it, is a file."""
+        return self.errno == errno_codes.ENOTDIR
+
+    @property
     def no_space(self) -> bool:
         return self.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT)
 
     @property
     def denied(self) -> bool:
-        """The store cannot be written here (permissions, a read-only mount, not a folder)."""
-        return self.errno in (
-            errno_codes.EACCES,
-            errno_codes.EPERM,
-            errno_codes.EROFS,
-            errno_codes.ENOTDIR,
-        )
+        """The store cannot be written here (permissions, a read-only mount)."""
+        return self.errno in (errno_codes.EACCES, errno_codes.EPERM, errno_codes.EROFS)
 
 
 class ModelLoadError(HomerError):

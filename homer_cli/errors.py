@@ -30,6 +30,7 @@ from homer.errors import (
     CacheExistsError,
     CacheMismatchError,
     CacheNotFoundError,
+    CacheUnreadableError,
     CacheVersionError,
     HomerError,
     StoreAccessError,
@@ -97,6 +98,8 @@ def describe(exc: HomerError) -> str:
     if isinstance(exc, CacheNotFoundError):
         listing = ", ".join(exc.available) or "none; run `homer ingest` first"
         return f"no cache named {exc.name!r} (existing: {listing})"
+    if isinstance(exc, CacheUnreadableError):
+        return f"{text}; check its permissions, or {_remove_and_reingest(exc.name)}"
     if isinstance(exc, CacheDamagedError):
         return f"{text}; {_remove_and_reingest(exc.name)}"
     if isinstance(exc, CacheVersionError):
@@ -119,6 +122,8 @@ def describe(exc: HomerError) -> str:
             return f"{text}; free some space"
         if exc.denied:
             return f"{text} (set HOMER_HOME to a writable folder?)"
+        if exc.not_a_folder:
+            return f"{text} (set HOMER_HOME to a folder)"
     return text
 
 

@@ -31,6 +31,7 @@ from homer.errors import (
     CacheDamagedError,
     CacheDtypeError,
     CacheMismatchError,
+    CacheUnreadableError,
     CacheVersionError,
 )
 from homer.store import fs
@@ -242,11 +243,17 @@ def read_meta(folder: Path, name: str | None = None) -> CacheMeta:
         CacheVersionError: written by a newer homer.
     """
     path = folder / META_FILE
-    if not path.is_file():
-        raise CacheDamagedError(path, "metadata missing (a damaged cache)", name)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        raise CacheDamagedError(path, "metadata missing (a damaged cache)", name) from exc
+    except PermissionError as exc:
+        raise CacheUnreadableError(path, f"cannot be read ({exc.strerror})", name) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CacheDamagedError(path, f"damaged metadata ({exc})", name) from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise CacheDamagedError(path, f"damaged metadata ({exc})", name) from exc
     return parse_meta(data, path, name)
 
@@ -417,7 +424,14 @@ def write_tensors(cache: HomerCache, path: Path) -> None:
     tensors["token_ids"] = cache.token_ids.detach().to("cpu", torch.int64).contiguous()
     tensors["positions"] = cache.positions.detach().to("cpu", torch.int64).contiguous()
     tensors["last_logits"] = cache.last_logits.detach().to("cpu", torch.float32).contiguous()
-    save_file(tensors, str(path), metadata={"format": FORMAT_NAME})
+    try:
+        save_file(tensors, str(path), metadata={"format": FORMAT_NAME})
+    except Exception as exc:  # safetensors reports a full disk in a SafetensorError's text
+        error = fs.os_error_in(exc)
+        if error is None or error is exc:
+            raise
+        error.filename = str(path)
+        raise error from exc
     fs.fsync_file(path)
 
 
@@ -437,13 +451,16 @@ def read_cache(folder: Path, meta: CacheMeta, name: str | None = None) -> HomerC
     path = folder / TENSOR_FILE
     if not path.is_file():
         raise CacheDamagedError(path, "tensor file missing", name)
-    size = path.stat().st_size
-    if size != meta.tensor_bytes:
-        raise CacheDamagedError(
-            path, f"{size} bytes, expected {meta.tensor_bytes} (truncated or replaced)", name
-        )
-    if sha256_file(path) != meta.tensor_sha256:
-        raise CacheDamagedError(path, "checksum mismatch (the file is damaged)", name)
+    try:
+        size = path.stat().st_size
+        if size != meta.tensor_bytes:
+            raise CacheDamagedError(
+                path, f"{size} bytes, expected {meta.tensor_bytes} (truncated or replaced)", name
+            )
+        if sha256_file(path) != meta.tensor_sha256:
+            raise CacheDamagedError(path, "checksum mismatch (the file is damaged)", name)
+    except PermissionError as exc:
+        raise CacheUnreadableError(path, f"cannot be read ({exc.strerror})", name) from exc
     return _cache_from_tensors(_read_tensors(path, name), meta, path, name)
 
 

@@ -13,12 +13,27 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 _WORK_NAME = re.compile(r"\.([a-z]+)-(\d+)-.*")
+# How libraries that are not Python (safetensors) quote the system's error in their messages.
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The system error behind `exc`: `exc` itself if it is an `OSError`, else the one a library
+    names only in its message (safetensors: `"... No space left on device (os error 28)"`)."""
+    if isinstance(exc, OSError):
+        return exc
+    match = _OS_ERROR_TEXT.search(str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1) or match.group(2))
+    return OSError(code, os.strerror(code))
 
 
 def write_durable(path: Path, data: bytes) -> None:
@@ -83,7 +98,14 @@ def replacing(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a writer's report of a system error becomes an OSError
+            error = os_error_in(exc)
+            if error is None or error is exc:
+                raise
+            error.filename = str(path)
+            raise error from exc
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -92,15 +114,28 @@ def replacing(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def sweep(parent: Path, kinds: tuple[str, ...] = ("tmp",)) -> None:
-    """Remove work files and folders of `kinds` in `parent` whose process is gone."""
+def sweep(
+    parent: Path, kinds: tuple[str, ...] = ("tmp",), *, unowned_after: float | None = None
+) -> None:
+    """Remove work files and folders of `kinds` in `parent` whose process is gone.
+
+    Args:
+        unowned_after: also remove `.tmp-*` files with no process id in their name (written
+            before work files carried one) once they are this many seconds old.
+    """
     try:
         children = list(parent.iterdir())
     except OSError:
         return
     for child in children:
         owner = work_owner(child)
-        if owner is None or owner[0] not in kinds or pid_alive(owner[1]):
+        if owner is None:
+            if unowned_after is None or not child.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - child.lstat().st_mtime < unowned_after:
+                    continue
+        elif owner[0] not in kinds or pid_alive(owner[1]):
             continue
         logger.info("removing %s left by an interrupted write", child)
         if child.is_dir() and not child.is_symlink():

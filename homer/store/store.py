@@ -24,6 +24,7 @@ a cache is computed. Its errors carry structured fields; front ends word the adv
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _WORK_KINDS = ("tmp", "trash", "swap")
+# Why a lock file cannot be opened for writing when the store is there to be read.
+_CANNOT_WRITE = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ELOOP}
+)
 
 
 @dataclass(frozen=True)
@@ -131,21 +136,78 @@ class Store:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else paths.store_dir()
+        self._said_read_only = False
 
     def _access_error(self, exc: OSError, action: str = "save the cache") -> StoreAccessError:
         return StoreAccessError(action, self.root, exc.errno, exc.strerror or str(exc))
+
+    def _check_root(self) -> None:
+        """Refuse a store whose folder, or a folder above it, is a file (`StoreAccessError`)."""
+        for path in (self.root, *self.root.parents):
+            try:
+                if not path.exists():
+                    continue
+                is_dir = path.is_dir()
+            except OSError:
+                return  # not ours to judge: the operation itself will say what is wrong
+            if not is_dir:
+                reason = f"{path} is not a folder"
+                raise StoreAccessError("use the cache store", self.root, errno.ENOTDIR, reason)
+            return
 
     # ---------------------------------------------------------------- locks
 
     def _lock_path(self, kind: str, ident: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", ident) or ".." in ident:
             raise CacheError(f"invalid lock name {ident!r}")
-        locks = self.root / ".locks"
+        return self.root / ".locks" / f"{kind}-{ident}.lock"
+
+    def _open_lock(self, path: Path, *, exclusive: bool, action: str) -> int | None:
+        """A descriptor of the lock file `path` (created if need be); symlinks are never followed.
+
+        A reader that cannot open it for writing (a read-only mount, another user's store, no
+        inodes left, a planted symlink) opens an existing one read-only, or reads without a lock:
+        None. The store then says once that it is read-only. A writer gets `StoreAccessError`.
+        """
+        self._check_root()
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            locks.mkdir(parents=True, exist_ok=True)
+            if path.parent.is_symlink():  # homer's own folder, never a link to elsewhere
+                raise OSError(errno.ELOOP, "a symbolic link", str(path.parent))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
         except OSError as exc:
-            raise self._access_error(exc, "use the cache store") from exc
-        return locks / f"{kind}-{ident}.lock"
+            if exclusive or exc.errno not in _CANNOT_WRITE:
+                raise self._lock_error(exc, path, action) from exc
+            self._say_read_only(exc)
+            with contextlib.suppress(OSError):
+                return os.open(path, os.O_RDONLY | flags)
+            return None
+
+    def _lock_error(self, exc: OSError, path: Path, action: str) -> StoreAccessError:
+        if exc.errno == errno.ELOOP:
+            link = Path(exc.filename) if exc.filename else path
+            reason = f"{link} is a symbolic link, not homer's lock (remove it)"
+            return StoreAccessError(action, self.root, errno.ELOOP, reason)
+        return self._access_error(exc, action)
+
+    def _say_read_only(self, exc: OSError) -> None:
+        if self._said_read_only:
+            return
+        self._said_read_only = True
+        if exc.errno == errno.ELOOP:
+            logger.warning(
+                "%s is a symbolic link, not homer's lock: not followed; reading without it "
+                "(remove it)",
+                exc.filename,
+            )
+        else:
+            logger.warning(
+                "the cache store %s is read-only (%s): caches are read without locks, and "
+                "cannot be saved or removed",
+                self.root,
+                exc.strerror,
+            )
 
     @contextlib.contextmanager
     def _flock(
@@ -155,13 +217,14 @@ class Store:
         exclusive: bool,
         on_wait: Callable[[], None] | None = None,
         wait: bool = True,
+        action: str = "use the cache store",
     ) -> Iterator[None]:
         """Hold an fcntl lock on `path`; with `wait=False`, raise `BlockingIOError` if busy."""
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise self._access_error(exc, "use the cache store") from exc
+        fd = self._open_lock(path, exclusive=exclusive, action=action)
+        if fd is None:
+            yield  # a reader of a store that cannot be locked
+            return
         try:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -183,8 +246,9 @@ class Store:
         """
         return self._flock(self._lock_path("key", key), exclusive=True, on_wait=on_wait)
 
-    def _name_lock(self, name: str, *, exclusive: bool) -> Any:
-        return self._flock(self._lock_path("name", validate_name(name)), exclusive=exclusive)
+    def _name_lock(self, name: str, *, exclusive: bool, action: str = "use the cache store") -> Any:
+        path = self._lock_path("name", validate_name(name))
+        return self._flock(path, exclusive=exclusive, action=action)
 
     # ---------------------------------------------------------------- listing
 
@@ -197,6 +261,7 @@ class Store:
 
     def _folders(self) -> list[str]:
         """Names of every cache folder, complete or not (work folders excluded), sorted."""
+        self._check_root()
         if not self.root.is_dir():
             return []
         self._restore_swapped()
@@ -211,7 +276,7 @@ class Store:
 
     def names(self) -> list[str]:
         """Names of the complete caches (those with metadata), sorted."""
-        return [name for name in self._folders() if (self.root / name / META_FILE).is_file()]
+        return [name for name in self._folders() if _has_meta(self.root / name)]
 
     def _swaps(self, *, alive: bool) -> list[tuple[Path, str]]:
         """`(old cache folder, its name)` in swap folders whose process is (or is no longer) alive.
@@ -254,7 +319,7 @@ class Store:
         return records[-1] if records else None
 
     def exists(self, name: str) -> bool:
-        return (self._cache_dir(name) / META_FILE).is_file()
+        return _has_meta(self._cache_dir(name))
 
     def record(self, name: str) -> CacheRecord:
         """The metadata of cache `name`.
@@ -274,8 +339,9 @@ class Store:
         return matches[-1] if matches else None
 
     def _read_record(self, name: str) -> CacheRecord:
+        self._check_root()
         folder = self._cache_dir(name)
-        if not (folder / META_FILE).is_file() and not folder.is_dir():
+        if not folder.is_dir():
             raise CacheNotFoundError(name, self.names())
         # A complete cache always has metadata (it is renamed in whole): reading says if not.
         return CacheRecord(name=name, path=folder, metadata=fmt.read_meta(folder, name))
@@ -304,6 +370,7 @@ class Store:
         folder = self._cache_dir(name)
         tmp: Path | None = None
         try:
+            self._check_root()
             self.root.mkdir(parents=True, exist_ok=True)
             self._sweep()
             tmp = fs.work_dir(self.root)
@@ -316,7 +383,7 @@ class Store:
             tmp.chmod(0o755)
             with self._name_lock(name, exclusive=True):
                 if folder.exists():
-                    if not overwrite and (folder / META_FILE).is_file():
+                    if not overwrite and _has_meta(folder):
                         raise CacheExistsError(name)
                     self._replace(folder, tmp)
                 else:
@@ -447,7 +514,7 @@ class Store:
         folder = self._cache_dir(name)
         if not folder.is_dir():
             raise CacheNotFoundError(name, self.names())
-        with self._name_lock(name, exclusive=True):
+        with self._name_lock(name, exclusive=True, action=f"remove {name!r}"):
             try:
                 trash = fs.work_dir(self.root, "trash")
                 os.replace(folder, trash / "old")
@@ -456,6 +523,17 @@ class Store:
             shutil.rmtree(trash, ignore_errors=True)
         with contextlib.suppress(OSError):
             self._lock_path("name", name).unlink()
+
+
+def _has_meta(folder: Path) -> bool:
+    """Whether the cache folder `folder` holds metadata (True if it is there but unreadable)."""
+    try:
+        (folder / META_FILE).stat()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _now() -> str:
