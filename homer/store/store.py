@@ -166,8 +166,8 @@ class Store:
         """A descriptor of the lock file `path` (created if need be); symlinks are never followed.
 
         A reader that cannot open it for writing (a read-only mount, another user's store, no
-        inodes left, a planted symlink) opens an existing one read-only, or reads without a lock:
-        None. The store then says once that it is read-only. A writer gets `StoreAccessError`.
+        inodes left, a planted symlink) opens an existing one read-only, or else reads without a
+        lock (None); the store says once that it is read-only. A writer gets `StoreAccessError`.
         """
         self._check_root()
         flags = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -203,8 +203,8 @@ class Store:
             )
         else:
             logger.warning(
-                "the cache store %s is read-only (%s): caches are read without locks, and "
-                "cannot be saved or removed",
+                "the cache store %s is read-only (%s): its caches can be read, not saved or "
+                "removed",
                 self.root,
                 exc.strerror,
             )
