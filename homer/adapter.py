@@ -7,6 +7,14 @@ captures what HOMER needs through a registered attention function (transformers'
 computes, whatever its architecture does before (q/k norms, scaling): the keys and values of
 every layer it runs, and the last token's query at chosen layers. It knows nothing of trees,
 pruning or prompts.
+
+Hybrid models (Gemma 2/3, Mistral v0.1, Qwen2 with `use_sliding_window`) give each layer a type,
+`"full_attention"` or `"sliding_attention"` (`config.layer_types`). Each type gets the mask
+transformers' own `masking_utils` builds for it (a sliding layer attends to at most the
+`sliding_window` previous tokens of the sequence it runs on) and, where the model has one rotary
+embedding per type (Gemma 3), its own cos/sin. What the model does outside its layers and
+modules is repeated here from its config: Granite's embedding multiplier and logit scaling,
+Gemma's final logit soft-capping.
 """
 
 from __future__ import annotations
@@ -21,13 +29,37 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from homer.errors import UnsupportedModelError
 
-#: `config.model_type` values homer drives. Each is a RoPE decoder whose decoder layers take
-#: `position_embeddings` and whose attention goes through `AttentionInterface`.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+#: `config.model_type` values homer drives, each tested on a tiny model (tests/test_engine.py).
+#: Each is a RoPE decoder whose decoder layers take `position_embeddings` and whose attention goes
+#: through `AttentionInterface`, with Llama-style rotary pairs (partial rotary included).
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "helium",
+    "starcoder2",
+)
+
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+
+#: Per layer type, `(cos, sin)` each `(1, T, rotary_dim)` (see `ModelAdapter.rotary`).
+PositionEmbeddings = dict[str, tuple[torch.Tensor, torch.Tensor]]
+#: Per layer type, the mask its layers get, or None where causal attention is implicit.
+AttentionMasks = dict[str, Any]
 
 _ATTENTION_NAME = "homer_capture"
 
@@ -122,6 +154,17 @@ def _text_config(config: Any) -> Any:
     return getter(decoder=True) if callable(getter) else config
 
 
+def _layer_types(config: Any, num_layers: int) -> tuple[str, ...]:
+    """Each layer's attention type, as the model's own forward picks its mask: from
+    `config.layer_types` where the config has them (Gemma 2/3, Qwen2/3), else every layer
+    sliding when `config.sliding_window` is set (Mistral, Phi-3, Starcoder2) and full if not."""
+    declared = getattr(config, "layer_types", None)
+    if declared:
+        return tuple(str(kind) for kind in declared[:num_layers])
+    sliding = getattr(config, "sliding_window", None) is not None
+    return (SLIDING_ATTENTION if sliding else FULL_ATTENTION,) * num_layers
+
+
 class ModelAdapter:
     """Layer-by-layer access to a supported causal LM.
 
@@ -139,16 +182,10 @@ class ModelAdapter:
                 f"homer cannot drive the '{model_type}' architecture ({', '.join(architectures)}); "
                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        if getattr(self.config, "sliding_window", None) and getattr(
-            self.config, "use_sliding_window", True
-        ):
-            window = int(self.config.sliding_window)
-            if window < int(self.config.max_position_embeddings):
-                raise UnsupportedModelError(
-                    f"'{model_type}' with sliding-window attention ({window} tokens) is not "
-                    "supported: HOMER's merged chunks reuse positions, which a sliding window "
-                    "cannot express"
-                )
+        if getattr(self.config, "use_bidirectional_attention", False):
+            raise UnsupportedModelError(
+                f"'{model_type}' with bidirectional attention is an encoder, not a causal LM"
+            )
         self.model_type = model_type
         # Modules of the concrete model class; typed loosely because transformers' own are.
         source: Any = model
@@ -159,6 +196,20 @@ class ModelAdapter:
         self.norm: Any = base.norm
         self.lm_head: Any = source.get_output_embeddings()
         self.attn_implementation = str(self.config._attn_implementation or "eager")
+        self.layer_types = _layer_types(self.config, len(self.layers))
+        unknown = sorted(set(self.layer_types) - {FULL_ATTENTION, SLIDING_ATTENTION})
+        if unknown:
+            raise UnsupportedModelError(
+                f"'{model_type}' has layers of type {', '.join(unknown)}; homer drives only "
+                f"{FULL_ATTENTION} and {SLIDING_ATTENTION} layers"
+            )
+        self._rotary_per_type = (
+            "layer_type" in inspect.signature(self.rotary_emb.forward).parameters
+        )
+        # Done by the model's forward, not by a module homer calls (Granite, Gemma 2/3).
+        self._embedding_multiplier = float(getattr(self.config, "embedding_multiplier", 1.0) or 1.0)
+        self._logits_scaling = float(getattr(self.config, "logits_scaling", 1.0) or 1.0)
+        self._final_softcap = getattr(self.config, "final_logit_softcapping", None)
 
     # -- facts --------------------------------------------------------------------------------
 
@@ -172,6 +223,23 @@ class ModelAdapter:
         return int(self.config.max_position_embeddings)
 
     @property
+    def sliding_window(self) -> int | None:
+        """Tokens a sliding-attention layer reaches (itself included), or None without any."""
+        if SLIDING_ATTENTION not in self.layer_types:
+            return None
+        return int(self.config.sliding_window)
+
+    def scoring_layer(self, layers: range) -> int:
+        """The layer of `layers` whose last-token logits rank a node's tokens: the last
+        full-attention layer there is, else the last layer (ALGORITHM.md §4).
+
+        A sliding layer's last query never attends past its window, so where a stage has a layer
+        that reads the whole node, its attention is the one that says what the node needs.
+        """
+        full = [i for i in layers if self.layer_types[i] == FULL_ATTENTION]
+        return full[-1] if full else layers[-1]
+
+    @property
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
@@ -183,53 +251,83 @@ class ModelAdapter:
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """`(T,)` ids -> `(1, T, hidden)` input embeddings (scaled where the model scales them)."""
-        return self.embed_tokens(token_ids.to(self.device).unsqueeze(0))  # type: ignore[no-any-return]
+        hidden: torch.Tensor = self.embed_tokens(token_ids.to(self.device).unsqueeze(0))
+        if self._embedding_multiplier != 1.0:
+            hidden = hidden * self._embedding_multiplier
+        return hidden
 
-    def rotary(
-        self, hidden: torch.Tensor, positions: torch.Tensor
+    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> PositionEmbeddings:
+        """`(cos, sin)` for `(T,)` position ids, per layer type, shared by all layers of a stage."""
+        position_ids = positions.to(hidden.device).unsqueeze(0)
+        if not self._rotary_per_type:
+            cos, sin = self.rotary_emb(hidden, position_ids)
+            return dict.fromkeys(set(self.layer_types), (cos, sin))
+        return {kind: self.rotary_emb(hidden, position_ids, kind) for kind in set(self.layer_types)}
+
+    def turning(
+        self, shifts: torch.Tensor, layer_type: str = FULL_ATTENTION
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(cos, sin)` for `(T,)` position ids, shared by all layers of a stage."""
-        cos, sin = self.rotary_emb(hidden, positions.to(hidden.device).unsqueeze(0))
-        return cos, sin
-
-    def turning(self, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(cos, sin)`, each `(1, T, head_dim)` float32, of the angles that move a cached key
-        by `shifts[t]` positions (see `homer.positions.turn_keys`).
+        """`(cos, sin)`, each `(1, T, rotary_dim)` float32, of the angles that move a cached key
+        of a `layer_type` layer by `shifts[t]` positions (see `homer.positions.turn_keys`).
 
         The rotary module's attention scaling (YaRN's temperature) is divided out: the cached
         keys already carry it once.
         """
         probe = torch.zeros(1, shifts.shape[0], 1, device=self.device, dtype=torch.float32)
-        cos, sin = self.rotary_emb(probe, shifts.to(self.device).unsqueeze(0))
-        scale = float(getattr(self.rotary_emb, "attention_scaling", 1.0) or 1.0)
+        position_ids = shifts.to(self.device).unsqueeze(0)
+        if self._rotary_per_type:
+            cos, sin = self.rotary_emb(probe, position_ids, layer_type)
+            scaling = getattr(self.rotary_emb, f"{layer_type}_attention_scaling", 1.0)
+        else:
+            cos, sin = self.rotary_emb(probe, position_ids)
+            scaling = getattr(self.rotary_emb, "attention_scaling", 1.0)
+        scale = float(scaling or 1.0)
         return cos.float() / scale, sin.float() / scale
+
+    def turnings(self, shifts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`turning(shifts, type)` for every layer, computed once per layer type."""
+        by_type = {kind: self.turning(shifts, kind) for kind in set(self.layer_types)}
+        return [by_type[kind] for kind in self.layer_types]
 
     def attention_mask(
         self, hidden: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor | None:
-        """The mask for one chunk of `(1, T, hidden)` states, or None where causal is implicit.
+    ) -> AttentionMasks:
+        """The masks for one chunk of `(1, T, hidden)` states, one per layer type.
 
-        Without `positions` (or with increasing ones) it is the plain causal mask: SDPA and flash
-        attention apply it on their own when queries and keys have the same length, as they do
-        here (each stage runs on a fresh chunk with no cache), so they get None; eager attention
-        adds whatever it gets, so it gets an explicit one. With `positions` that repeat (merged
-        siblings), a token may also not attend to a token at a *larger position id*, even one
-        earlier in the sequence: no query then sees a key from its future (see DESIGN.md).
+        Each is the mask transformers builds for that layer type on a fresh sequence with no
+        cache (`masking_utils`): causal, and for sliding layers no further back than the window,
+        counted in tokens of this chunk. SDPA gets None where that is plain causal attention (it
+        applies it on its own); eager attention gets an explicit additive mask. With `positions`
+        that repeat (merged siblings), a token may also not attend to a token at a *larger
+        position id*, even one earlier in the sequence: no query then sees a key from its future
+        (see DESIGN.md).
         """
-        length = hidden.shape[1]
-        device = hidden.device
-        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        monotonic = positions is None or bool((positions[1:] >= positions[:-1]).all())
-        if monotonic and self.attn_implementation != "eager":
-            return None
-        if not monotonic:
-            assert positions is not None
-            pos = positions.to(device)
-            allowed &= pos[None, :] <= pos[:, None]
-        if self.attn_implementation == "eager":
-            mask = torch.zeros(length, length, dtype=hidden.dtype, device=device)
-            return mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[None, None]
-        return allowed[None, None]
+        restrict: Callable[..., Any] | None = None
+        if positions is not None and not bool((positions[1:] >= positions[:-1]).all()):
+            pos = positions.to(hidden.device)
+
+            def restrict(batch: Any, head: Any, q_idx: Any, kv_idx: Any) -> Any:
+                return pos[kv_idx] <= pos[q_idx]
+
+        # Built with the model's own attention implementation (not homer's capturing name), no
+        # cache, and no position ids: transformers would read reused positions as packed
+        # sequences and cut the chunk into blocks.
+        arguments = {
+            "config": self.config,
+            "inputs_embeds": hidden,
+            "attention_mask": None,
+            "cache": None,
+            "and_mask_function": restrict,
+        }
+        masks: AttentionMasks = {}
+        for kind in set(self.layer_types):
+            build = (
+                create_sliding_window_causal_mask
+                if kind == SLIDING_ATTENTION
+                else create_causal_mask
+            )
+            masks[kind] = build(**arguments)
+        return masks
 
     def _base_attention(self) -> Callable[..., Any]:
         if self.attn_implementation == "eager":
@@ -253,10 +351,10 @@ class ModelAdapter:
     def run_layers(
         self,
         hidden: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        position_embeddings: PositionEmbeddings,
         layers: range,
         query_layers: frozenset[int] = frozenset(),
-        mask: torch.Tensor | None = None,
+        mask: AttentionMasks | None = None,
     ) -> LayerRun:
         """Run decoder layers `layers` on one chunk, causally over its own tokens only.
 
@@ -265,17 +363,18 @@ class ModelAdapter:
             position_embeddings: from `rotary` for this chunk's positions.
             layers: consecutive layer indices.
             query_layers: layers whose last-token query to record.
-            mask: from `attention_mask`; None means plain causal attention.
+            mask: from `attention_mask`; None means each layer type's plain mask.
         """
         capture = _Capture(base=self._base_attention(), query_layers=query_layers)
         if mask is None:
             mask = self.attention_mask(hidden)
         with self._capturing(capture):
             for idx in layers:
+                kind = self.layer_types[idx]
                 out = self.layers[idx](
                     hidden,
-                    attention_mask=mask,
-                    position_embeddings=position_embeddings,
+                    attention_mask=mask[kind],
+                    position_embeddings=position_embeddings[kind],
                     use_cache=False,
                 )
                 hidden = out[0] if isinstance(out, tuple) else out
@@ -289,6 +388,12 @@ class ModelAdapter:
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(..., hidden)` last-layer output -> `(..., vocab)` float32 logits (norm, then head)."""
+        """`(..., hidden)` last-layer output -> `(..., vocab)` float32 logits (norm, then head,
+        then the model's own logit scaling or soft-capping)."""
         normed = self.norm(hidden)
-        return self.lm_head(normed.to(self.lm_head.weight.device)).float()  # type: ignore[no-any-return]
+        logits: torch.Tensor = self.lm_head(normed.to(self.lm_head.weight.device)).float()
+        if self._logits_scaling != 1.0:
+            logits = logits / self._logits_scaling
+        if self._final_softcap:
+            logits = torch.tanh(logits / self._final_softcap) * self._final_softcap
+        return logits

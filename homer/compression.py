@@ -186,8 +186,9 @@ def _final_positions(
     if torch.equal(compact, positions):
         return positions
     with torch.inference_mode():
-        cos, sin = adapter.turning(compact - positions)
+        turnings = adapter.turnings(compact - positions)  # per layer: Gemma 3 has two RoPEs
         for i, k in enumerate(keys):
+            cos, sin = turnings[i]
             keys[i] = turn_keys(k, cos.to(k.device), sin.to(k.device))
     return compact
 

@@ -17,10 +17,11 @@ Four kinds of name are understood:
 A conversion writes into a temporary sibling folder and renames it into place under a file lock,
 so an interrupted one never leaves a folder that looks complete (the next conversion of the same
 file removes what it left). Progress goes to a callback (`ConversionProgress`), never to the
-terminal: transformers' own progress bars are silenced during a conversion.
+terminal: transformers' own progress bars are silenced while a model is converted or loaded.
 
-This module knows nothing about HOMER itself: it returns a model in eval mode with SDPA attention,
-on the requested device and dtype, and never decides anything about chunks or caches.
+This module knows nothing about HOMER itself: it returns a model in eval mode with SDPA attention
+(eager where transformers has no SDPA for the family), on the requested device and dtype, and
+never decides anything about chunks or caches.
 """
 
 from __future__ import annotations
@@ -492,17 +493,12 @@ def load_model(
         # Local folders are recorded as absolute paths so `homer ask` finds them from anywhere.
         source = recorded = str(local.resolve()) if local.exists() else name
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         with _hf_progress_bars_off():
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                source,
-                dtype=torch_dtype,
-                attn_implementation="sdpa",
-                trust_remote_code=trust_remote_code,
-            )
+            model: Any = _from_pretrained(source, torch_dtype, trust_remote_code)
     except OSError as exc:
         raise ModelLoadError(
             f"could not load model {name!r}: {_first_line(exc)} "
@@ -520,6 +516,25 @@ def load_model(
     # The user-facing name (not the converted folder), for metadata.
     model.homer_model_id = recorded
     return model, tokenizer
+
+
+def _from_pretrained(source: str, dtype: Any, trust_remote_code: bool) -> Any:
+    """The model with SDPA attention, or eager attention for the families transformers runs
+    only so (Gemma 2: its soft-capped attention logits)."""
+    from transformers import AutoModelForCausalLM
+
+    def load(attention: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+        )
+
+    try:
+        return load("sdpa")
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        logger.debug("%s does not support SDPA attention; using eager attention", source)
+        return load("eager")
 
 
 @contextlib.contextmanager

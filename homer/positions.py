@@ -25,22 +25,26 @@ def turn_keys(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
     Args:
         keys: `(B, kv_heads, T, head_dim)` keys already rotated to their current positions.
-        cos / sin: `(B, T, head_dim)` cosines and sines of the *extra* angle per token
-            (`(new - old) * inv_freq`, without any attention scaling).
+        cos / sin: `(B, T, rotary_dim)` cosines and sines of the *extra* angle per token
+            (`(new - old) * inv_freq`, without any attention scaling). With partial rotary
+            embeddings (`rotary_dim < head_dim`, Phi-3 style) only the first `rotary_dim`
+            dimensions of each key carry position and are turned; the rest pass unchanged.
 
     Returns:
         `(B, kv_heads, T, head_dim)` keys as if rotated to the new positions.
     """
-    if cos.shape[-1] != keys.shape[-1]:
+    rotary_dim = cos.shape[-1]
+    if rotary_dim > keys.shape[-1] or rotary_dim % 2:
         raise ValueError(
-            f"rotary dimension {cos.shape[-1]} differs from head_dim {keys.shape[-1]}: "
-            "partial rotary embeddings are not supported"
+            f"rotary dimension {rotary_dim} does not fit head_dim {keys.shape[-1]} in pairs"
         )
     # In float32: a second rounding of bfloat16 keys would blur them for no reason.
     turned = keys.float()
+    rotated, passed = turned[..., :rotary_dim], turned[..., rotary_dim:]
     cos = cos.unsqueeze(1).float()
     sin = sin.unsqueeze(1).float()
-    return (turned * cos + rotate_half(turned) * sin).to(keys.dtype)
+    rotated = rotated * cos + rotate_half(rotated) * sin
+    return torch.cat([rotated, passed], dim=-1).to(keys.dtype)
 
 
 def compact_positions(positions: torch.Tensor) -> torch.Tensor:

@@ -195,7 +195,9 @@ class TreeRunner:
     def _run_stage(self, node: NodeState, level: int, tables: WordTables) -> _Scored:
         """Run the node's layers and score its tokens at the stage's last layer (unpruned)."""
         layers = self.schedule.layers(level)
-        last = layers[-1]
+        # The stage's last layer, or a hybrid model's last full-attention layer in it: a sliding
+        # layer's query never reads past its window (ALGORITHM.md §4).
+        last = self.adapter.scoring_layer(layers)
         rope = self.adapter.rotary(node.hidden, node.positions)
         mask = self.adapter.attention_mask(
             node.hidden, node.positions if self.position_mask else None
@@ -214,7 +216,8 @@ class TreeRunner:
         # A child under shared budgets may lose room to its sibling, so it is always scored.
         if node.length <= self.plan.keep_at(level) and not self._waits_for_parent(level):
             return _Scored(node)
-        logits = last_query_logits(run.queries[last], run.keys[-1][0], run.scaling[last])
+        keys = run.keys[last - layers.start][0]
+        logits = last_query_logits(run.queries[last], keys, run.scaling[last])
         layer_bias = None if self.bias is None else self.bias[last]
         base = self.rule.significance(logits, node.positions.to(logits.device), layer_bias)
         prunable = self._prunable(node.length).to(base.device)

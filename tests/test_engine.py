@@ -1,7 +1,13 @@
 """The invariants of ALGORITHM.md §10 on tiny random models, for every supported family.
 
 Each model is a real `save_pretrained` folder (tests/tiny.py) loaded with `from_pretrained`, so
-the loading code runs too. Llama uses grouped-query attention; Qwen3 adds q/k norms.
+the loading code runs too. Llama uses grouped-query attention; Qwen3 adds q/k norms; Gemma 2/3,
+Qwen2 and Mistral have sliding-window layers (Gemma 3 two RoPE bases, Gemma 2 soft-capping);
+Phi-3 partial rotary; Granite multipliers outside its layers.
+
+Every family (`ARCHS`) is held to the equivalences (one chunk is a plain prefill, greedy answers
+are `model.generate`'s) and compresses a tree, in eager and SDPA attention; the families in
+`DEEP_ARCHS` run the whole invariant suite (the rest repeat the same code paths, and time).
 """
 
 from __future__ import annotations
@@ -23,12 +29,21 @@ from homer.positions import turn_keys
 from homer.prompts import PromptTemplate, encode
 from homer.pruning import PaperPruning, SpanPruning
 from homer.schedule import LayerSchedule
-from tests.tiny import make_tiny_model_dir
+from tests.tiny import ARCHS as ALL_ARCHS
+from tests.tiny import EAGER_ONLY, WINDOW, make_tiny_model_dir
 
-ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
+#: Every family homer supports (README's table links here).
+ARCHS = list(ALL_ARCHS)
+#: Families that run every invariant below: the four first families, and the hybrid Gemma 3.
+DEEP_ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3"]
 ATTNS = ["sdpa", "eager"]
 TEXT = calibration_text()
 NO_BIAS = Ablations(calibrated_bias=False)
+
+
+def pairs(archs: list[str]) -> list[tuple[str, str]]:
+    """(arch, attention) pairs transformers can run."""
+    return [(a, b) for a in archs for b in ATTNS if not (a in EAGER_ONLY and b == "sdpa")]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +61,15 @@ def load(path: Path, attn: str) -> tuple[Any, Any]:
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-@pytest.fixture(params=[(a, b) for a in ARCHS for b in ATTNS], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(params=pairs(ARCHS), ids=lambda p: f"{p[0]}-{p[1]}")
+def family(
+    request: pytest.FixtureRequest, model_dirs: dict[str, Path]
+) -> Iterator[tuple[Any, Any]]:
+    arch, attn = request.param
+    yield load(model_dirs[arch], attn)
+
+
+@pytest.fixture(params=pairs(DEEP_ARCHS), ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny(request: pytest.FixtureRequest, model_dirs: dict[str, Path]) -> Iterator[tuple[Any, Any]]:
     arch, attn = request.param
     yield load(model_dirs[arch], attn)
@@ -64,8 +87,8 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
 # 1. One chunk is a plain prefill -------------------------------------------------------------
 
 
-def test_one_chunk_gives_the_plain_prefill_cache_and_logits(tiny: tuple[Any, Any]) -> None:
-    model, tokenizer = tiny
+def test_one_chunk_gives_the_plain_prefill_cache_and_logits(family: tuple[Any, Any]) -> None:
+    model, tokenizer = family
     text = TEXT[:120]
     cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
     ids = prompt_ids(tokenizer, text)
@@ -76,12 +99,15 @@ def test_one_chunk_gives_the_plain_prefill_cache_and_logits(tiny: tuple[Any, Any
     torch.testing.assert_close(cache.last_logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
     plain = output_cache(out)
     for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
-        torch.testing.assert_close(k, plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(v, plain.layers[layer].values, rtol=1e-5, atol=1e-5)
+        # A sliding layer's cache keeps only its window's last tokens; homer keeps them all.
+        n = plain.layers[layer].keys.shape[2]
+        assert n == len(ids) or n == WINDOW - 1 < len(ids)
+        torch.testing.assert_close(k[:, :, -n:], plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v[:, :, -n:], plain.layers[layer].values, rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, Any]) -> None:
-    model, tokenizer = tiny
+def test_greedy_answer_from_one_chunk_matches_plain_generation(family: tuple[Any, Any]) -> None:
+    model, tokenizer = family
     text = TEXT[:100]
     cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
     stream = generate(model, tokenizer, cache, "Who is he?", max_new_tokens=6)
@@ -98,6 +124,20 @@ def test_greedy_answer_from_one_chunk_matches_plain_generation(tiny: tuple[Any, 
         )[0, len(full) :].tolist()
     assert answer_ids == plain[: len(answer_ids)]
     assert stream.stats.prompt_tokens > 0 and stream.stats.total_s > 0
+
+
+def test_every_family_compresses_a_tree_and_answers_from_it(family: tuple[Any, Any]) -> None:
+    model, tokenizer = family
+    config = HomerConfig(max_chunk_len=128, target_len=100)
+    cache = compress(model, tokenizer, TEXT[:2500], config, ablations=NO_BIAS)
+    assert cache.info.height >= 2
+    assert {k.shape[2] for k in cache.keys} == {100} == {v.shape[2] for v in cache.values}
+    assert cache.positions.tolist() == list(range(100))
+    assert torch.isfinite(cache.last_logits).all()
+    before = [k.clone() for k in cache.keys]
+    stream = generate(model, tokenizer, cache, "Who is Tom?", max_new_tokens=4)
+    assert "".join(stream) == stream.text and stream.stats.new_tokens > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.keys, strict=True))
 
 
 def test_captured_query_gives_the_models_own_attention_row(model_dirs: dict[str, Path]) -> None:
@@ -358,8 +398,8 @@ def test_compact_cache_is_the_paper_cache_turned_to_consecutive_positions(
     assert compact.last_position == compact.length - 1
     assert torch.equal(compact.token_ids, paper.token_ids)
     assert all(torch.equal(a, b) for a, b in zip(compact.values, paper.values, strict=True))
-    cos, sin = ModelAdapter(model).turning(compact.positions - paper.positions)
-    for a, b in zip(compact.keys, paper.keys, strict=True):
+    turnings = ModelAdapter(model).turnings(compact.positions - paper.positions)
+    for a, b, (cos, sin) in zip(compact.keys, paper.keys, turnings, strict=True):
         torch.testing.assert_close(a, turn_keys(b, cos, sin))
         assert not torch.allclose(a, b)
     assert compact.info.settings["ablations"]["compact_positions"] is True
@@ -419,9 +459,10 @@ def test_position_mask_forbids_only_keys_from_the_future(
     model, _ = load(model_dirs["llama"], attn)
     adapter = ModelAdapter(model)
     hidden = torch.zeros(1, 6, 64)
-    assert (adapter.attention_mask(hidden) is None) == (attn == "sdpa")
+    assert list(adapter.attention_mask(hidden)) == ["full_attention"]
+    assert (adapter.attention_mask(hidden)["full_attention"] is None) == (attn == "sdpa")
     # Two merged siblings: contexts at positions 1-2 and 1-2 again, suffix at 3.
-    mask = adapter.attention_mask(hidden, torch.tensor([0, 1, 2, 1, 2, 3]))
+    mask = adapter.attention_mask(hidden, torch.tensor([0, 1, 2, 1, 2, 3]))["full_attention"]
     assert mask is not None
     allowed = mask[0, 0] if mask.dtype == torch.bool else mask[0, 0] == 0
     # Row 3 (right sibling, position 1) sees the prefix and the left token at position 1, not
@@ -555,13 +596,67 @@ def encode_and_cut(tokenizer: Any, text: str, tokens: int) -> str:
     return str(tokenizer.decode(ids))
 
 
-def test_mistral_with_a_sliding_window_is_refused_by_name(model_dirs: dict[str, Path]) -> None:
-    from transformers import AutoConfig, MistralForCausalLM
+@pytest.mark.parametrize("attn", ATTNS)
+def test_sliding_layers_attend_to_their_window_and_full_layers_to_everything(
+    model_dirs: dict[str, Path], attn: str
+) -> None:
+    model, _ = load(model_dirs["gemma3"], attn)
+    adapter = ModelAdapter(model)
+    assert adapter.layer_types == ("sliding_attention", "sliding_attention", "full_attention") * 2
+    assert adapter.sliding_window == WINDOW
+    length = WINDOW + 10
+    masks = adapter.attention_mask(torch.zeros(1, length, 64))
+    rows = torch.arange(length)[:, None]
+    cols = torch.arange(length)[None, :]
+    in_window = (cols <= rows) & (cols > rows - WINDOW)
+    sliding = masks["sliding_attention"][0, 0]
+    allowed = sliding if sliding.dtype == torch.bool else sliding == 0
+    assert torch.equal(allowed, in_window)
+    full = masks["full_attention"]
+    if attn == "sdpa":
+        assert full is None  # plain causal: SDPA applies it on its own
+    else:
+        assert torch.equal(full[0, 0] == 0, cols <= rows)
+    # Shorter than the window, a sliding layer sees everything: SDPA needs no mask at all.
+    assert (
+        adapter.attention_mask(torch.zeros(1, WINDOW - 1, 64))["sliding_attention"] is None
+    ) == (attn == "sdpa")
+
+
+def test_a_hybrid_stage_scores_its_tokens_at_its_last_full_attention_layer(
+    model_dirs: dict[str, Path],
+) -> None:
+    model, _ = load(model_dirs["gemma3"], "sdpa")
+    adapter = ModelAdapter(model)  # layers: s s F s s F
+    assert adapter.scoring_layer(range(0, 4)) == 2
+    assert adapter.scoring_layer(range(3, 6)) == 5
+    assert adapter.scoring_layer(range(3, 5)) == 4  # no full layer: the last one
+    model, _ = load(model_dirs["llama"], "sdpa")
+    assert ModelAdapter(model).scoring_layer(range(2, 5)) == 4
+
+
+def test_gemma3_turns_each_layer_with_its_own_rope(model_dirs: dict[str, Path]) -> None:
+    model, _ = load(model_dirs["gemma3"], "sdpa")
+    adapter = ModelAdapter(model)
+    shifts = torch.tensor([3, -2, 5])
+    turnings = adapter.turnings(shifts)
+    local, full = turnings[0], turnings[2]
+    assert torch.equal(turnings[1][0], local[0]) and torch.equal(turnings[5][0], full[0])
+    assert not torch.allclose(local[0], full[0])  # rope bases 1e4 and 1e6 (linear x8)
+
+
+def test_unknown_architectures_and_layer_types_are_refused_by_name(
+    model_dirs: dict[str, Path],
+) -> None:
+    from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
 
     from homer.errors import UnsupportedModelError
 
-    config = AutoConfig.from_pretrained(model_dirs["mistral"])
-    config.sliding_window = 64  # Mistral v0.1: a 4k window inside an 8k/32k context
-    model = MistralForCausalLM(config).eval()
-    with pytest.raises(UnsupportedModelError, match="sliding-window"):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="'gpt2' architecture"):
+        ModelAdapter(gpt2)
+    model, _ = load(model_dirs["gemma3"], "sdpa")
+    config = AutoConfig.from_pretrained(model_dirs["gemma3"])
+    model.config.layer_types = ["chunked_attention"] * config.num_hidden_layers
+    with pytest.raises(UnsupportedModelError, match="chunked_attention"):
         ModelAdapter(model)

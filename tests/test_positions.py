@@ -40,8 +40,8 @@ def test_turned_keys_equal_keys_rotated_at_the_new_positions(llama_dir: Path, ro
     old = torch.tensor([0, 1, 2, 7, 9, 3, 4, 8, 11, 5, 6, 12])  # gappy, repeated ranges
     new = compact_positions(old)
     probe = torch.zeros(1, 12, 1)
-    at_old = apply_rotary_pos_emb(raw, raw, *adapter.rotary(probe, old))[1]
-    at_new = apply_rotary_pos_emb(raw, raw, *adapter.rotary(probe, new))[1]
+    at_old = apply_rotary_pos_emb(raw, raw, *adapter.rotary(probe, old)["full_attention"])[1]
+    at_new = apply_rotary_pos_emb(raw, raw, *adapter.rotary(probe, new)["full_attention"])[1]
     turned = turn_keys(at_old, *adapter.turning(new - old))
     torch.testing.assert_close(turned, at_new, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(at_old, at_new)
@@ -62,6 +62,23 @@ def test_rotate_half_and_compact_positions() -> None:
     assert compact_positions(torch.tensor([0, 5, 5, 2, 9])).tolist() == [0, 1, 2, 3, 4]
 
 
-def test_partial_rotary_is_refused() -> None:
-    with pytest.raises(ValueError, match="partial rotary"):
-        turn_keys(torch.zeros(1, 1, 3, 8), torch.ones(1, 3, 4), torch.zeros(1, 3, 4))
+def test_partial_rotary_turns_only_the_rotary_dimensions() -> None:
+    """Phi-3 style: the first `rotary_dim` dimensions carry position, the rest pass through."""
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb as phi3_rope
+
+    torch.manual_seed(2)
+    raw = torch.randn(1, 2, 5, 8)
+    inv_freq = 1.0 / (100.0 ** (torch.arange(0, 4, 2).float() / 4))  # rotary_dim 4 of 8
+
+    def rope(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions[None, :, None].float() * inv_freq
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    old, new = torch.tensor([0, 3, 1, 4, 2]), torch.arange(5)
+    at_old = phi3_rope(raw, raw, *rope(old))[1]
+    turned = turn_keys(at_old, *rope(new - old))
+    torch.testing.assert_close(turned, phi3_rope(raw, raw, *rope(new))[1], atol=1e-5, rtol=1e-5)
+    assert torch.equal(turned[..., 4:], raw[..., 4:])
+    with pytest.raises(ValueError, match="does not fit"):
+        turn_keys(torch.zeros(1, 1, 3, 8), torch.ones(1, 3, 10), torch.zeros(1, 3, 10))

@@ -14,7 +14,27 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-Arch = Literal["llama", "qwen2", "qwen3", "mistral"]
+Arch = Literal[
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "mistral-sliding",
+    "qwen2-sliding",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "helium",
+    "starcoder2",
+]
+
+#: Every family `make_tiny_model_dir` builds (one per supported `model_type`, and the sliding-window
+#: variants of Mistral and Qwen2).
+ARCHS: tuple[str, ...] = Arch.__args__  # type: ignore[attr-defined]
 
 HIDDEN = 64
 HEADS = 4
@@ -22,6 +42,11 @@ KV_HEADS = 2
 HEAD_DIM = 16
 MAX_POSITIONS = 256
 VOCAB_TARGET = 400
+#: Families transformers runs with eager attention only (Gemma 2: soft-capped attention logits).
+EAGER_ONLY = ("gemma2",)
+#: Sliding window of the tiny hybrid models: shorter than every chunk the tests compress, so the
+#: window is what their sliding layers see.
+WINDOW = 24
 
 BOS = "<|im_start|>"
 EOS = "<|im_end|>"
@@ -90,6 +115,8 @@ def make_tiny_config(arch: Arch, vocab_size: int, num_layers: int, tokenizer: An
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    # Hybrid models: two sliding layers, then a full-attention one (Gemma 3's 5:1, shortened).
+    hybrid = ["sliding_attention", "sliding_attention", "full_attention"] * num_layers
     if arch == "llama":
         from transformers import LlamaConfig
 
@@ -98,6 +125,13 @@ def make_tiny_config(arch: Arch, vocab_size: int, num_layers: int, tokenizer: An
         from transformers import Qwen2Config
 
         return Qwen2Config(**common)
+    if arch == "qwen2-sliding":
+        from transformers import Qwen2Config
+
+        # Qwen2's own switch: layers from `max_window_layers` on use the window.
+        return Qwen2Config(
+            **common, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=2
+        )
     if arch == "qwen3":
         from transformers import Qwen3Config
 
@@ -105,9 +139,77 @@ def make_tiny_config(arch: Arch, vocab_size: int, num_layers: int, tokenizer: An
     if arch == "mistral":
         from transformers import MistralConfig
 
-        # Mistral v0.2+ shape: full attention (v0.1's 4k sliding window is refused by homer).
+        # Mistral v0.2+ shape: full attention.
         return MistralConfig(**common, sliding_window=None)
-    raise ValueError(f"unknown arch {arch!r}: use llama, qwen2, qwen3 or mistral")
+    if arch == "mistral-sliding":
+        from transformers import MistralConfig
+
+        # Mistral v0.1 shape: every layer attends to the last `WINDOW` tokens only.
+        return MistralConfig(**common, sliding_window=WINDOW)
+    if arch == "gemma":
+        from transformers import GemmaConfig
+
+        return GemmaConfig(**common)
+    if arch == "gemma2":
+        from transformers import Gemma2Config
+
+        return Gemma2Config(
+            **common,
+            sliding_window=WINDOW,
+            layer_types=hybrid[:num_layers],
+            query_pre_attn_scalar=HEAD_DIM,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+        )
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            **{k: v for k, v in common.items() if k != "rope_theta"},
+            sliding_window=WINDOW,
+            layer_types=hybrid[:num_layers],
+            query_pre_attn_scalar=HEAD_DIM,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+            },
+        )
+    if arch == "phi3":
+        from transformers import Phi3Config
+
+        # Partial rotary (Phi-4-mini's shape): only half of each head carries position.
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+        return Phi3Config(
+            **{k: v for k, v in common.items() if k not in ("head_dim", "rope_theta")},
+            rope_parameters=rope,
+        )
+    if arch == "olmo":
+        from transformers import OlmoConfig
+
+        return OlmoConfig(**common, clip_qkv=8.0)
+    if arch == "olmo2":
+        from transformers import Olmo2Config
+
+        return Olmo2Config(**common)
+    if arch == "granite":
+        from transformers import GraniteConfig
+
+        return GraniteConfig(
+            **common,
+            embedding_multiplier=12.0,
+            logits_scaling=8.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0625,
+        )
+    if arch == "helium":
+        from transformers import HeliumConfig
+
+        return HeliumConfig(**common)
+    if arch == "starcoder2":
+        from transformers import Starcoder2Config
+
+        return Starcoder2Config(**common, sliding_window=None)
+    raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(ARCHS)}")
 
 
 def make_tiny_model_dir(
@@ -128,6 +230,8 @@ def make_tiny_model_dir(
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer()
     config = make_tiny_config(arch, len(tokenizer), num_layers, tokenizer)
+    if arch in EAGER_ONLY:
+        attn = "eager"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     model.eval()
