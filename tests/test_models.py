@@ -105,3 +105,12 @@ def test_embedded_model_converts_once_then_loads_fast() -> None:
     )["input_ids"]
     out = again.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_a_family_without_sdpa_loads_with_eager_attention(tmp_path: Path) -> None:
+    from tests.tiny import make_tiny_model_dir
+
+    folder = make_tiny_model_dir(tmp_path / "gemma2", arch="gemma2", num_layers=2)
+    model, _ = models.load_model(str(folder), dtype="float32")
+    assert model.config.model_type == "gemma2"
+    assert model.config._attn_implementation == "eager"
