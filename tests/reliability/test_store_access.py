@@ -146,9 +146,15 @@ def test_a_real_full_disk_while_calibrating(
 
 def _as_nobody(call: Callable[[], Any]) -> Any:
     """Run `call` in a forked child that has dropped root for `nobody`; return its result."""
-    import homer.service  # noqa: F401 - the child may not read root's files to import
-    import homer_cli.main  # noqa: F401
-
+    # The child may not read root's files (the interpreter lives under /root): run the call once
+    # here on an empty store first, so everything it imports is imported before the fork.
+    home = os.environ["HOMER_HOME"]
+    with tempfile.TemporaryDirectory() as empty:
+        os.environ["HOMER_HOME"] = empty
+        try:
+            call()
+        finally:
+            os.environ["HOMER_HOME"] = home
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -175,7 +181,12 @@ def _as_nobody(call: Callable[[], Any]) -> Any:
 
 def _cli(*args: str) -> dict[str, Any]:
     result = invoke(*args)
-    return {"code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+    return {
+        "code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "exception": repr(result.exception),
+    }
 
 
 @pytest.fixture
