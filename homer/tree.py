@@ -161,6 +161,8 @@ class TreeRunner:
         self.schedule = schedule
         self.rule = rule
         self.bias = bias
+        # Read at every scored node: kept on the model's device once, not copied there each time.
+        self._device_bias = None if bias is None else bias.to(adapter.device)
         self.position_mask = position_mask
         self.progress = progress
         self.memo = memo
@@ -218,9 +220,9 @@ class TreeRunner:
             return _Scored(node)
         keys = run.keys[last - layers.start][0]
         logits = last_query_logits(run.queries[last], keys, run.scaling[last])
-        layer_bias = None if self.bias is None else self.bias[last]
+        layer_bias = None if self._device_bias is None else self._device_bias[last]
         base = self.rule.significance(logits, node.positions.to(logits.device), layer_bias)
-        prunable = self._prunable(node.length).to(base.device)
+        prunable = self._prunable(node.length, base.device)
         words = node.word_ids.to(base.device)
         return _Scored(node, self.rule.score(base, prunable, words, tables))
 
@@ -232,7 +234,7 @@ class TreeRunner:
         if scored.scores is None:
             raise RuntimeError("a node longer than its target was not scored")
         device = scored.scores.ranked.device
-        prunable = self._prunable(node.length).to(device)
+        prunable = self._prunable(node.length, device)
         words = node.word_ids.to(device)
         return apply_keep(node, self.rule.select(scored.scores, prunable, words, tables, keep))
 
@@ -255,15 +257,15 @@ class TreeRunner:
             if child.scores is None:
                 raise RuntimeError("a child under shared budgets was not scored")
             ranked = child.scores.ranked
-            prunable = self._prunable(child.node.length).to(ranked.device)
+            prunable = self._prunable(child.node.length, ranked.device)
             protected.append(int((~prunable).sum()))
             pools.append(ranked[prunable])
         total = sum(min(keep - p, pool.numel()) for p, pool in zip(protected, pools, strict=True))
         from_left, from_right = share_budget(pools[0], pools[1], total)
         return protected[0] + from_left, protected[1] + from_right
 
-    def _prunable(self, length: int) -> torch.Tensor:
-        mask = torch.ones(length, dtype=torch.bool)
+    def _prunable(self, length: int, device: torch.device) -> torch.Tensor:
+        mask = torch.ones(length, dtype=torch.bool, device=device)  # made there, not copied
         mask[: self.plan.prefix_len] = False
         mask[length - self.plan.suffix_len :] = False
         # The last token's query scores everyone else; it stays even with an empty suffix, so
