@@ -1,0 +1,163 @@
+"""homer on devices: CUDA (the `gpu`-marked tests, skipped without one; benchmarks/gpu_check.sh
+runs them) and the numerics a GPU's half precision tests (run everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from homer import HomerConfig, compress, generate
+from homer.adapter import ModelAdapter, output_cache
+from homer.calibration import calibration_text
+from homer.config import Ablations
+from homer.prompts import PromptTemplate, encode
+from homer.significance import last_query_logits
+from tests.tiny import make_tiny_model_dir
+
+TEXT = calibration_text()
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("device-models")
+    return {arch: make_tiny_model_dir(root / arch, arch=arch) for arch in ("llama", "gemma3")}
+
+
+def on(path: Path, device: str, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any]:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    return (
+        encode(tokenizer, template.prefix())
+        + encode(tokenizer, text)
+        + encode(tokenizer, template.suffix())
+    )
+
+
+# -- everywhere ------------------------------------------------------------------------------
+
+
+def test_half_precision_significance_cannot_overflow() -> None:
+    """Keys and queries in float16 whose dot products pass float16's largest value (65,504):
+    the logits are computed in float32, finite and exact."""
+    query = torch.full((4, 16), 300.0, dtype=torch.float16)
+    keys = torch.full((2, 5, 16), 300.0, dtype=torch.float16)
+    assert not torch.isfinite(query @ keys[0].T).all()  # what a float16 product would give
+    logits = last_query_logits(query, keys, 0.25)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, torch.full((4, 5), 300.0 * 300.0 * 16 * 0.25))
+
+
+# -- on CUDA ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_one_chunk_on_cuda_is_the_plain_prefill(
+    tiny_dirs: dict[str, Path], arch: str, dtype: torch.dtype
+) -> None:
+    model, tokenizer = on(tiny_dirs[arch], "cuda", dtype)
+    text = TEXT[:120]
+    cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
+    assert cache.device.type == "cuda" and cache.dtype == dtype
+    with torch.no_grad():
+        out = model(torch.tensor([prompt_ids(tokenizer, text)], device="cuda"), use_cache=True)
+    torch.testing.assert_close(cache.last_logits, out.logits[0, -1].float().cpu(), **_loose(dtype))
+    for layer, k in enumerate(cache.keys):
+        plain = output_cache(out).layers[layer].keys
+        torch.testing.assert_close(k[:, :, -plain.shape[2] :], plain, **_loose(dtype))
+
+
+def _loose(dtype: torch.dtype) -> dict[str, float]:
+    return {"rtol": 2e-2, "atol": 2e-2} if dtype != torch.float32 else {"rtol": 1e-4, "atol": 1e-4}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_a_tree_on_cuda_keeps_its_tensors_on_the_device(tiny_dirs: dict[str, Path]) -> None:
+    model, tokenizer = on(tiny_dirs["gemma3"], "cuda", torch.float16)
+    config = HomerConfig(max_chunk_len=128, target_len=100)
+    cache = compress(model, tokenizer, TEXT[:3000], config)
+    assert cache.info.height >= 2
+    assert {t.device.type for t in (*cache.keys, *cache.values)} == {"cuda"}
+    assert {t.dtype for t in (*cache.keys, *cache.values)} == {torch.float16}
+    assert all(torch.isfinite(t).all() for t in (*cache.keys, *cache.values))
+    assert torch.isfinite(cache.last_logits).all()
+    assert len("".join(generate(model, tokenizer, cache, "Who is Tom?", max_new_tokens=4))) >= 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_the_layer_loop_never_waits_for_the_host(tiny_dirs: dict[str, Path]) -> None:
+    """Running a stage's layers queues GPU work only: no `.item()`, no copy to the host, no
+    synchronisation (CUDA's sync debug mode turns any of them into an error)."""
+    model, tokenizer = on(tiny_dirs["gemma3"], "cuda", torch.float16)
+    adapter = ModelAdapter(model)
+    ids = torch.tensor(prompt_ids(tokenizer, TEXT[:300]))
+    hidden = adapter.embed(ids)
+    rope = adapter.rotary(hidden, torch.arange(len(ids)))
+    masks = adapter.attention_mask(hidden)
+    layers = range(adapter.num_layers)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run = adapter.run_layers(hidden, rope, layers, frozenset({5}), masks)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert run.hidden.device.type == "cuda" and len(run.keys) == adapter.num_layers
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_greedy_answer_on_cuda_is_model_generate(tiny_dirs: dict[str, Path]) -> None:
+    model, tokenizer = on(tiny_dirs["llama"], "cuda", torch.float32)
+    text = TEXT[:100]
+    cache = compress(model, tokenizer, text, HomerConfig(max_chunk_len=256))
+    stream = generate(model, tokenizer, cache, "Who is he?", max_new_tokens=6)
+    answer = [*stream] and stream.token_ids
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    full = prompt_ids(tokenizer, text) + encode(tokenizer, template.continuation("Who is he?"))
+    with torch.no_grad():
+        plain = model.generate(
+            torch.tensor([full], device="cuda"),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(full) :].tolist()
+    assert answer == plain[: len(answer)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_ingest_then_ask_on_cuda_through_the_store(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from homer.service import ModelChoice, Sampling, ask, ingest, load_model, open_cache
+
+    loaded = load_model(ModelChoice(name=str(tiny_dirs["llama"]), device="cuda", dtype="float16"))
+    document = tmp_path / "story.txt"
+    document.write_text(TEXT[:3000], encoding="utf-8")
+    done = ingest(document, loaded, config=HomerConfig(max_chunk_len=128))
+    opened = open_cache(loaded, done.name)
+    assert opened.cache.device.type == "cuda" and opened.cache.dtype == torch.float16
+    again = compress(
+        loaded.model,
+        loaded.tokenizer,
+        TEXT[:3000],
+        HomerConfig(max_chunk_len=128),
+        ablations=Ablations(),
+    )
+    assert torch.equal(opened.cache.token_ids, again.token_ids)  # deterministic on the GPU
+    answer = "".join(ask(loaded, opened.cache, "Who is Tom?", Sampling(max_new_tokens=4)))
+    assert isinstance(answer, str)
