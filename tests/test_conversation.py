@@ -305,3 +305,36 @@ def test_requests_on_one_model_never_overlap(saved: list[str]) -> None:
     for t in threads:
         t.join()
     assert max(overlaps) == 1 and len(overlaps) == 6
+
+
+def test_an_ingest_in_progress_does_not_hold_up_answers(
+    saved: list[str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ingesting = threading.Event()
+    release = threading.Event()
+
+    def loader(choice: ModelChoice) -> Any:
+        if ingesting.is_set():  # the ingest's own copy: held until the answers are done
+            release.wait(60)
+        return load_model(choice)
+
+    pool = WarmPool(PoolSettings(dtype="float32"), loader=loader)
+    with pool.lease(saved[0]):  # the answering copy, loaded before the ingest starts
+        pass
+    doc = tmp_path / "new.txt"
+    doc.write_text(calibration_text()[2000:2300], encoding="utf-8")
+    ingesting.set()
+    done: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: done.append(pool.ingest(doc, str(tiny_model_dir), name="new", config=CONFIG))
+    )
+    worker.start()
+    for name in saved:
+        with pool.lease(name) as lease:
+            stream = ask(lease.model, lease.cache.cache, "Who?", Sampling(3))
+            list(stream)
+            assert stream.stats.new_tokens == 3
+    assert worker.is_alive() and not done  # answered while the ingest was still under way
+    release.set()
+    worker.join(60)
+    assert done and done[0].name == "new"
