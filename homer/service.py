@@ -213,6 +213,7 @@ def ingest(
         if not force:
             reused = _reusable(store, key, target, explicit_name=name is not None)
             if reused is not None:
+                store.mark_used(reused)
                 return Ingested(name=reused, record=store.record(reused), reused=True)
             if store.exists(target):
                 raise CacheExistsError(target, store.record(target).source)
@@ -241,6 +242,7 @@ def ingest(
             extra={"compress_seconds": round(seconds, 3), "device": str(cache.device)},
         )
         record = store.save(cache, provenance, name=target, overwrite=force)
+    store.mark_used(target)
     return Ingested(name=target, record=record, reused=False, seconds=seconds)
 
 
@@ -269,7 +271,8 @@ class StoreEmptyError(CacheError):
 
 
 def pick_record(store: Store, name: str | None = None) -> CacheRecord:
-    """The record of cache `name`, or of the most recent one when `name` is None.
+    """The record of cache `name`, or when `name` is None of the cache last ingested, reused or
+    answered from (`Store.last_used`; the most recently created if that one is gone).
 
     Raises:
         CacheNotFoundError: no cache of that name.
@@ -277,7 +280,7 @@ def pick_record(store: Store, name: str | None = None) -> CacheRecord:
     """
     if name is not None:
         return store.record(name)
-    record = store.latest()
+    record = store.last_used()
     if record is None:
         raise StoreEmptyError
     return record
@@ -319,6 +322,7 @@ def open_cache(
         dtype=model.dtype,
         device=model.device,
     )
+    store.mark_used(record.name)
     return OpenedCache(cache=cache, record=record, seconds=time.perf_counter() - started)
 
 

@@ -644,6 +644,8 @@ def _answer(
     store = Store()
     names = list(dict.fromkeys(cache_names))
     record = pick_record(store, names[0] if names else None)
+    if not names and not across:
+        _notice(f"answering from {record.name}")
     model_name = model or record.model_id
     loaded = _load_model(model_name, device, dtype, trust_remote_code)
     model_loaded = time.perf_counter()

@@ -63,12 +63,24 @@ def test_a_second_ingest_reuses_and_a_name_is_never_taken_silently(
     assert not replaced.reused and replaced.record.source == other.name
 
 
-def test_open_cache_defaults_to_the_latest_and_refuses_an_empty_store(
+def test_open_cache_defaults_to_the_last_used_and_refuses_an_empty_store(
     model: homer.LoadedModel, book: Path, engine_home: Path
 ) -> None:
     with pytest.raises(StoreEmptyError):
         homer.open_cache(model)
     done = homer.ingest(book, model, config=CONFIG)
+    assert homer.open_cache(model).name == done.name
+    other = book.with_name("other.txt")
+    other.write_text(calibration_text()[6000:9000], encoding="utf-8")
+    newer = homer.ingest(other, model, config=CONFIG)
+    assert homer.open_cache(model).name == newer.name
+    # Ingesting the first document again reuses its cache, and it is the one that answers next,
+    # though another was created after it.
+    assert homer.ingest(book, model, config=CONFIG).reused
+    assert homer.open_cache(model).name == done.name
+    homer.open_cache(model, newer.name)  # answering from a cache makes it the latest used too
+    assert homer.open_cache(model).name == newer.name
+    homer.Store().remove(newer.name)  # gone: the newest that still exists
     assert homer.open_cache(model).name == done.name
 
 

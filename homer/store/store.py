@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: The name of the cache last ingested, reused or answered from (a hidden file: never listed).
+LAST_USED_FILE = ".last-used"
 _WORK_KINDS = ("tmp", "trash", "swap")
 # Why a lock file cannot be opened for writing when the store is there to be read.
 _CANNOT_WRITE = frozenset(
@@ -317,6 +319,29 @@ class Store:
         """The most recently created cache, or None when the store is empty."""
         records = self.records()
         return records[-1] if records else None
+
+    def mark_used(self, name: str) -> None:
+        """Remember `name` as the cache last ingested, reused or answered from (see
+        `last_used`). Best effort: a store that cannot be written to keeps its old mark."""
+        try:
+            with fs.replacing(self.root / LAST_USED_FILE) as tmp:
+                tmp.write_text(name + "\n", encoding="utf-8")
+        except OSError as exc:
+            logger.debug("could not mark %s as last used: %s", name, exc)
+
+    def last_used(self) -> CacheRecord | None:
+        """The cache last ingested, reused or answered from, if it still exists; else the most
+        recently created one (`latest`), or None when the store is empty."""
+        try:
+            name = (self.root / LAST_USED_FILE).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if name and _NAME_RE.fullmatch(name) and self.exists(name):
+            try:
+                return self.record(name)
+            except CacheError:
+                pass  # damaged since: fall back to the newest readable one
+        return self.latest()
 
     def exists(self, name: str) -> bool:
         return _has_meta(self._cache_dir(name))
