@@ -164,6 +164,14 @@ def test_copy_keeps_content() -> None:
     record = store.copy("orig", "copy")
     assert record.key == store.record("orig").key
     assert_same(store.load("copy")[0], make_cache())
+    # A second name, not a second copy: the same tensor file on disk.
+    first, second = (store.record(n).path / TENSOR_FILE for n in ("orig", "copy"))
+    assert first.stat().st_ino == second.stat().st_ino
+    # Replacing or removing one name leaves the other whole.
+    save(store, "orig", cache=make_cache(seed=1), overwrite=True)
+    assert_same(store.load("copy")[0], make_cache())
+    store.remove("orig")
+    assert_same(store.load("copy")[0], make_cache())
 
 
 def test_content_key_depends_on_everything() -> None:

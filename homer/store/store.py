@@ -423,7 +423,12 @@ class Store:
         return CacheRecord(name=name, path=folder, metadata=meta)
 
     def copy(self, src: str, dst: str) -> CacheRecord:
-        """Save the cache `src` again under the name `dst` (same content, same key)."""
+        """Save the cache `src` again under the name `dst` (same content, same key).
+
+        The tensor file is hard-linked, not copied, where the filesystem allows it: a second
+        name costs no space and no time. Tensor files are never changed in place (a new cache
+        is a new file renamed into place), so replacing or removing one name leaves the other
+        intact."""
         record = self.record(src)
         target = self._cache_dir(dst)
         tmp: Path | None = None
@@ -431,7 +436,10 @@ class Store:
             self._sweep()
             tmp = fs.work_dir(self.root)
             with self._name_lock(src, exclusive=False):
-                shutil.copy2(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
+                try:
+                    os.link(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
+                except OSError:  # another filesystem, or one without hard links
+                    shutil.copy2(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
             meta = record.metadata.renamed(dst, _now())
             fs.write_durable(tmp / META_FILE, meta.to_json())
             tmp.chmod(0o755)
