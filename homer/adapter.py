@@ -154,6 +154,17 @@ def _text_config(config: Any) -> Any:
     return getter(decoder=True) if callable(getter) else config
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: the execution device of the accelerate hook a `device_map` load
+    or `dispatch_model` attached (its weights may even sit elsewhere, offloaded), else the device
+    of its first weight."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    return next(module.parameters()).device
+
+
 def _layer_types(config: Any, num_layers: int) -> tuple[str, ...]:
     """Each layer's attention type, as the model's own forward picks its mask: from
     `config.layer_types` where the config has them (Gemma 2/3, Qwen2/3), else every layer
@@ -241,7 +252,13 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
+        """Where the model takes its input (the embedding's device)."""
+        return execution_device(self.embed_tokens)
+
+    def layer_devices(self) -> list[torch.device]:
+        """Where each decoder layer computes, so where its keys and values live. One device,
+        or several when the model was placed by accelerate (`device_map`)."""
+        return [execution_device(layer) for layer in self.layers]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -391,7 +408,10 @@ class ModelAdapter:
         """`(..., hidden)` last-layer output -> `(..., vocab)` float32 logits (norm, then head,
         then the model's own logit scaling or soft-capping)."""
         normed = self.norm(hidden)
-        logits: torch.Tensor = self.lm_head(normed.to(self.lm_head.weight.device)).float()
+        # A head placed by accelerate moves its input itself (its weight may be offloaded).
+        if getattr(self.lm_head, "_hf_hook", None) is None:
+            normed = normed.to(self.lm_head.weight.device)
+        logits: torch.Tensor = self.lm_head(normed).float()
         if self._logits_scaling != 1.0:
             logits = logits / self._logits_scaling
         if self._final_softcap:

@@ -137,6 +137,25 @@ class HomerCache:
             ]
         )
 
+    def placed(self, devices: list[torch.device], dtype: torch.dtype | None = None) -> HomerCache:
+        """The cache with layer `i`'s keys and values on `devices[i]` (where a model spread over
+        several devices runs that layer) and in `dtype`; itself where that is already so."""
+        if len(devices) != self.num_layers:
+            raise ValueError(f"{len(devices)} devices for a cache of {self.num_layers} layers")
+        if all(
+            k.device == d and v.device == d and (dtype is None or k.dtype == dtype == v.dtype)
+            for k, v, d in zip(self.keys, self.values, devices, strict=True)
+        ):
+            return self
+        return HomerCache(
+            keys=[k.to(device=d, dtype=dtype) for k, d in zip(self.keys, devices, strict=True)],
+            values=[v.to(device=d, dtype=dtype) for v, d in zip(self.values, devices, strict=True)],
+            token_ids=self.token_ids,
+            positions=self.positions,
+            last_logits=self.last_logits,
+            info=self.info,
+        )
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> HomerCache:

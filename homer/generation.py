@@ -199,8 +199,9 @@ class GenerationStream:
             return
         adapter = self.adapter
         cache = self.cache
-        if cache.device != adapter.device or cache.dtype != adapter.dtype:
-            cache = cache.to(adapter.device, adapter.dtype)
+        # Each layer's keys where that layer runs (several devices for a model placed by
+        # accelerate), in the model's dtype; no copy where they already are.
+        cache = cache.placed(adapter.layer_devices(), adapter.dtype)
         past = cache.to_dynamic_cache()
         position = cache.last_position + 1
         logits = self._forward(self.prompt_ids, position, past)

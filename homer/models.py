@@ -88,11 +88,15 @@ def is_embedded(name: str) -> bool:
 
 
 def resolve_device(device: str | None) -> str:
-    """`None`/`"auto"`: `"cuda"` when available, else `"cpu"`; anything else is checked, kept."""
+    """`None`: `"cuda"` when available, else `"cpu"`. `"auto"`: `"auto"` when CUDA is available
+    (the model is then spread over every GPU by accelerate, see `load_model`), else `"cpu"`.
+    Anything else is checked and kept."""
     import torch
 
-    if device is None or device == "auto":
+    if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "auto" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(
             f"device {device!r} requested but CUDA is not available; use --device cpu"
@@ -100,7 +104,7 @@ def resolve_device(device: str | None) -> str:
     try:
         torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
     return device
 
 
@@ -112,7 +116,7 @@ def resolve_dtype(dtype: str | None, device: str) -> Any:
     import torch
 
     if dtype is None or dtype == "auto":
-        if device.startswith("cuda"):
+        if device.startswith("cuda") or device == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16
     key = _DTYPES.get(dtype.lower())
@@ -466,7 +470,8 @@ def load_model(
     Args:
         name_or_path: embedded default name, GGUF file, Hub id or local folder; `None` resolves
             through `resolve_model_name`.
-        device: `"cpu"`, `"cuda"`, `"cuda:N"`, or `None`/`"auto"` (CUDA when available).
+        device: `"cpu"`, `"cuda"`, `"cuda:N"`; `None`: CUDA when available; `"auto"`: spread
+            over every GPU by accelerate (a model too big for one), the CPU without CUDA.
         dtype: `"float32"`, `"float16"`, `"bfloat16"` or `None`/`"auto"` (bf16 on CPU).
         trust_remote_code: allow a Hub model's own Python code to run (off by default).
         progress: called while a GGUF file is hashed and converted (the first time only).
@@ -498,7 +503,7 @@ def load_model(
     try:
         with _hf_progress_bars_off():
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-            model: Any = _from_pretrained(source, torch_dtype, trust_remote_code)
+            model: Any = _from_pretrained(source, torch_dtype, trust_remote_code, resolved_device)
     except OSError as exc:
         raise ModelLoadError(
             f"could not load model {name!r}: {_first_line(exc)} "
@@ -511,30 +516,55 @@ def load_model(
                 "not run unless you pass --trust-remote-code (read that code first)"
             ) from exc
         raise ModelLoadError(f"could not load model {name!r}: {_first_line(exc)}") from exc
-    model.to(resolved_device)
+    if resolved_device != "auto":  # "auto": accelerate placed it
+        model.to(resolved_device)
     model.eval()
     # The user-facing name (not the converted folder), for metadata.
     model.homer_model_id = recorded
     return model, tokenizer
 
 
-def _from_pretrained(source: str, dtype: Any, trust_remote_code: bool) -> Any:
+def _from_pretrained(source: str, dtype: Any, trust_remote_code: bool, device: str) -> Any:
     """The model with SDPA attention, or eager attention for the families transformers runs
-    only so (Gemma 2: its soft-capped attention logits)."""
+    only so (Gemma 2: its soft-capped attention logits). With `device="auto"`, accelerate spreads
+    its layers over every GPU (`device_map="auto"`), within 90% of each one's free memory so the
+    tree's activations fit too; a model that needs more is refused, never offloaded to the CPU or
+    disk (homer's fingerprints read every weight)."""
+    import torch
     from transformers import AutoModelForCausalLM
+
+    placement: dict[str, Any] = {}
+    if device == "auto":
+        free = {
+            i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in range(torch.cuda.device_count())
+        }
+        placement = {"device_map": "auto", "max_memory": free}
 
     def load(attention: str) -> Any:
         return AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+            source,
+            dtype=dtype,
+            attn_implementation=attention,
+            trust_remote_code=trust_remote_code,
+            **placement,
         )
 
     try:
-        return load("sdpa")
+        try:
+            return load("sdpa")
+        except ValueError as exc:
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            logger.debug("%s does not support SDPA attention; using eager attention", source)
+            return load("eager")
     except ValueError as exc:
-        if "scaled_dot_product_attention" not in str(exc):
-            raise
-        logger.debug("%s does not support SDPA attention; using eager attention", source)
-        return load("eager")
+        if device == "auto" and "offload" in str(exc):
+            gib = sum(placement["max_memory"].values()) / 2**30
+            raise ModelLoadError(
+                f"model {source!r} does not fit on the {len(placement['max_memory'])} GPU(s) "
+                f"here ({gib:.1f} GiB usable); use a smaller model or --dtype"
+            ) from exc
+        raise
 
 
 @contextlib.contextmanager

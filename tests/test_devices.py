@@ -161,3 +161,81 @@ def test_ingest_then_ask_on_cuda_through_the_store(
     assert torch.equal(opened.cache.token_ids, again.token_ids)  # deterministic on the GPU
     answer = "".join(ask(loaded, opened.cache, "Who is Tom?", Sampling(max_new_tokens=4)))
     assert isinstance(answer, str)
+
+
+# -- placed by accelerate ----------------------------------------------------------------------
+
+
+def dispatched(path: Path) -> tuple[Any, Any]:
+    """The model with accelerate's hooks on every module, as a `device_map` load leaves it; here
+    every module maps to the CPU (`force_hooks`: without it accelerate skips the hooks)."""
+    from accelerate import dispatch_model
+
+    model, tokenizer = on(path, "cpu", torch.float32)
+    layers = model.config.num_hidden_layers
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(layers)},
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
+    return dispatch_model(model, device_map=device_map, force_hooks=True), tokenizer
+
+
+def test_a_model_placed_by_accelerate_compresses_and_answers_as_the_plain_one(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from homer.service import LoadedModel, Sampling, ask, ingest, open_cache
+
+    plain, tokenizer = on(tiny_dirs["gemma3"], "cpu", torch.float32)
+    placed, _ = dispatched(tiny_dirs["gemma3"])
+    adapter = ModelAdapter(placed)
+    assert all(getattr(layer, "_hf_hook", None) is not None for layer in adapter.layers)
+    assert adapter.layer_devices() == [torch.device("cpu")] * adapter.num_layers
+    config = HomerConfig(max_chunk_len=128, target_len=100)
+    no_bias = Ablations(calibrated_bias=False)
+    expected = compress(plain, tokenizer, TEXT[:3000], config, ablations=no_bias)
+    cache = compress(placed, tokenizer, TEXT[:3000], config, ablations=no_bias)
+    assert cache.info.height >= 2
+    assert torch.equal(cache.token_ids, expected.token_ids)
+    for a, b in zip((*cache.keys, *cache.values), (*expected.keys, *expected.values), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.last_logits, expected.last_logits, rtol=1e-5, atol=1e-5)
+
+    def answer(model: Any, source: Any) -> list[int]:
+        stream = generate(model, tokenizer, source, "Who is Tom?", max_new_tokens=5)
+        list(stream)
+        return stream.token_ids
+
+    assert answer(placed, cache) == answer(plain, expected)
+
+    # Saved by the store and loaded back for the placed model: same answer.
+    loaded = LoadedModel(model=placed, tokenizer=tokenizer, id="tiny-gemma3-placed")
+    document = tmp_path / "story.txt"
+    document.write_text(TEXT[:3000], encoding="utf-8")
+    done = ingest(document, loaded, config=config)
+    opened = open_cache(loaded, done.name)
+    stream = ask(loaded, opened.cache, "Who is Tom?", Sampling(max_new_tokens=5))
+    list(stream)
+    assert stream.token_ids == answer(placed, opened.cache)
+
+
+def test_placement_puts_each_layers_keys_where_the_layer_runs() -> None:
+    from homer.cache import CacheInfo, HomerCache
+
+    info = CacheInfo("", "", None, 3, 0, 0, 1, 0)
+    cache = HomerCache(
+        keys=[torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)],
+        values=[torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)],
+        token_ids=torch.arange(3),
+        positions=torch.arange(3),
+        last_logits=torch.zeros(5),
+        info=info,
+    )
+    cpu = torch.device("cpu")
+    assert cache.placed([cpu, cpu]) is cache  # nothing to move: no copy
+    halved = cache.placed([cpu, cpu], torch.float16)
+    assert halved is not cache and {k.dtype for k in halved.keys} == {torch.float16}
+    with pytest.raises(ValueError, match="3 devices for a cache of 2 layers"):
+        cache.placed([cpu, cpu, cpu])

@@ -32,7 +32,10 @@ def test_resolve_dtype() -> None:
 def test_resolve_device() -> None:
     assert models.resolve_device(None) in ("cpu", "cuda")
     assert models.resolve_device("cpu") == "cpu"
-    with pytest.raises(ModelLoadError, match="unknown device"):
+    assert models.resolve_device("auto") == ("auto" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(
+        ModelLoadError, match="unknown device 'toaster': use cpu, cuda, cuda:N or auto"
+    ):
         models.resolve_device("toaster")
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="--device cpu"):
