@@ -239,3 +239,45 @@ def test_placement_puts_each_layers_keys_where_the_layer_runs() -> None:
     assert halved is not cache and {k.dtype for k in halved.keys} == {torch.float16}
     with pytest.raises(ValueError, match="3 devices for a cache of 2 layers"):
         cache.placed([cpu, cpu, cpu])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_device_auto_loads_through_accelerate(tiny_dirs: dict[str, Path]) -> None:
+    from homer import models
+
+    model, tokenizer = models.load_model(str(tiny_dirs["llama"]), device="auto", dtype="float16")
+    assert getattr(model, "hf_device_map", None)  # placed by accelerate, not moved by homer
+    cache = compress(model, tokenizer, TEXT[:3000], HomerConfig(max_chunk_len=128))
+    assert {k.device.type for k in cache.keys} == {"cuda"}
+    assert isinstance("".join(generate(model, tokenizer, cache, "Who?", max_new_tokens=3)), str)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_layers_on_two_gpus_give_the_one_gpu_cache(tiny_dirs: dict[str, Path]) -> None:
+    from accelerate import dispatch_model
+
+    one, tokenizer = on(tiny_dirs["gemma3"], "cuda:0", torch.float32)
+    two, _ = on(tiny_dirs["gemma3"], "cpu", torch.float32)
+    layers = two.config.num_hidden_layers
+    device_map = {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        **{f"model.layers.{i}": 0 if i < layers // 2 else 1 for i in range(layers)},
+        "model.norm": 1,
+        "lm_head": 0,  # tied to the embeddings
+    }
+    two = dispatch_model(two, device_map=device_map)
+    config = HomerConfig(max_chunk_len=128, target_len=100)
+    no_bias = Ablations(calibrated_bias=False)
+    expected = compress(one, tokenizer, TEXT[:3000], config, ablations=no_bias)
+    cache = compress(two, tokenizer, TEXT[:3000], config, ablations=no_bias)
+    assert [k.device for k in cache.keys] == ModelAdapter(two).layer_devices()
+    assert {k.device.index for k in cache.keys} == {0, 1}
+    assert torch.equal(cache.token_ids, expected.token_ids)
+    for a, b in zip(cache.keys, expected.keys, strict=True):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-4)
+    answer = generate(two, tokenizer, cache, "Who is Tom?", max_new_tokens=5)
+    reference = generate(one, tokenizer, expected, "Who is Tom?", max_new_tokens=5)
+    assert "".join(answer) == "".join(reference)
