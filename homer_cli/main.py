@@ -89,7 +89,11 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option(help="cpu, cuda or cuda:N; default: cuda when available.", show_default=False),
+    typer.Option(
+        help="cpu, cuda, cuda:N, or auto (spread over every GPU, for a model too big for one); "
+        "default: cuda when available.",
+        show_default=False,
+    ),
 ]
 DtypeOpt = Annotated[
     str | None,
