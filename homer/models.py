@@ -11,6 +11,9 @@ Four kinds of name are understood:
   `paths.models_dir()`, in a folder named by the SHA-256 of the file's content. The hash is
   remembered with the file's size and modification time, so a later load of the unchanged file
   neither hashes nor converts it again. The model is recorded under the file's absolute path.
+- `"ollama:NAME[:TAG]"`: the GGUF blob of a model pulled with ollama, found through its manifest
+  in ollama's local store (`$OLLAMA_MODELS`, else `~/.ollama/models`), then as any GGUF file; the
+  model is recorded under that name.
 - anything else: a Hub id or a local folder, passed to `from_pretrained` (offline here, so a
   missing model fails fast with `ModelLoadError`).
 
@@ -186,6 +189,44 @@ def ensure_embedded_converted(progress: ConversionCallback | None = None) -> Pat
 # -- GGUF files -------------------------------------------------------------------------------
 
 
+#: How a model pulled with ollama is named: `ollama:llama3.2`, `ollama:llama3.2:1b`.
+OLLAMA_PREFIX = "ollama:"
+_OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
+
+
+def ollama_models_dir() -> Path:
+    """ollama's local store: `$OLLAMA_MODELS`, else `~/.ollama/models`."""
+    return Path(os.environ.get("OLLAMA_MODELS") or "~/.ollama/models").expanduser()
+
+
+def resolve_ollama(name: str) -> tuple[Path, str]:
+    """The GGUF blob of `ollama:NAME[:TAG]` in ollama's local store, and the name in full
+    (`ollama:NAME:TAG`, the tag `latest` when none is given).
+
+    Raises:
+        ModelLoadError: no such model was pulled, or its manifest names no model file.
+    """
+    reference = name[len(OLLAMA_PREFIX) :].strip()
+    model, _, tag = reference.partition(":")
+    tag = tag or "latest"
+    parts = model.split("/")
+    # Names without a registry or namespace are ollama's own library's.
+    path = {1: ["registry.ollama.ai", "library"], 2: ["registry.ollama.ai"]}.get(len(parts), [])
+    root = ollama_models_dir()
+    manifest = root.joinpath("manifests", *path, *parts, tag)
+    full = f"{OLLAMA_PREFIX}{model}:{tag}"
+    try:
+        layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
+        digest = next(x["digest"] for x in layers if x.get("mediaType") == _OLLAMA_MODEL_LAYER)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(
+            f"no ollama model {full!r} in {root} (pull it with: ollama pull {model}:{tag})"
+        ) from exc
+    except (OSError, ValueError, AttributeError, StopIteration, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"ollama's manifest {manifest} names no model file") from exc
+    return root / "blobs" / str(digest).replace(":", "-"), full
+
+
 def looks_like_gguf(name: str) -> bool:
     """Whether `name` designates a GGUF file: it ends in `.gguf`, or it is a file (any name, as
     ollama's blobs have none) that begins with the GGUF magic bytes."""
@@ -307,6 +348,11 @@ def conversion_pending(name: str | None) -> bool:
     resolved = resolve_model_name(name)
     if is_embedded(resolved):
         return not (embedded_model_dir() / _DONE_MARKER).is_file()
+    if resolved.startswith(OLLAMA_PREFIX):
+        try:
+            resolved = str(resolve_ollama(resolved)[0])
+        except ModelLoadError:
+            return False
     if not looks_like_gguf(resolved):
         return False
     path = Path(resolved).expanduser()
@@ -485,6 +531,9 @@ def load_model(
     if is_embedded(name):
         source = str(ensure_embedded_converted(progress))
         recorded = DEFAULT_MODEL
+    elif name.startswith(OLLAMA_PREFIX):
+        blob, recorded = resolve_ollama(name)  # `homer ask` resolves the name again
+        source = str(ensure_gguf_converted(check_gguf(str(blob)), progress))
     elif looks_like_gguf(name):
         gguf = check_gguf(name)
         source = str(ensure_gguf_converted(gguf, progress))

@@ -82,7 +82,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Hub id, local folder or .gguf file; default: $HOMER_MODEL, else the embedded "
+        help="Hub id, local folder, .gguf file or ollama:NAME[:TAG]; default: $HOMER_MODEL, "
+        "else the embedded "
         "smollm2-135m-instruct.",
         show_default=False,
     ),

@@ -197,3 +197,34 @@ def test_cli_ingest_a_gguf_then_ask_finds_the_model(
     answer = runner.invoke(app, ["ask", "Who kept the lighthouse?", "--max-tokens", "3", "--json"])
     assert answer.exit_code == 0, (answer.output, answer.exception)
     assert json.loads(answer.stdout)["model"] == str(path.resolve())
+
+
+def test_an_ollama_model_is_found_through_its_manifest(
+    tiny_gguf: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ollama:NAME:TAG` reads ollama's store as `ollama pull` leaves it: a manifest naming the
+    model layer's digest, and the GGUF under blobs/ without an extension."""
+    import hashlib
+    import shutil
+
+    path, _ = tiny_gguf
+    store = tmp_path / "ollama"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (store / "blobs").mkdir(parents=True)
+    shutil.copy(path, store / "blobs" / f"sha256-{digest}")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "1b"
+    manifest.parent.mkdir(parents=True)
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:00"},
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}"},
+    ]
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+
+    assert models.conversion_pending("ollama:tiny:1b")
+    model, _ = models.load_model("ollama:tiny:1b", dtype="float32")
+    assert models.model_id(model) == "ollama:tiny:1b"
+    assert not models.conversion_pending("ollama:tiny:1b")
+    with pytest.raises(ModelLoadError, match="no ollama model 'ollama:tiny:latest'") as info:
+        models.load_model("ollama:tiny")
+    assert "ollama pull tiny:latest" in str(info.value) and "\n" not in str(info.value)
