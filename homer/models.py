@@ -1,6 +1,6 @@
 """Loading a causal language model and its tokenizer for homer.
 
-Four kinds of name are understood:
+These names are understood:
 
 - `None`: the environment variable `HOMER_MODEL`, else the embedded default.
 - `"smollm2-135m-instruct"` (the embedded default): SmolLM2-135M-Instruct shipped as a GGUF file in
