@@ -756,6 +756,7 @@ def _answer_remote(
         "answer": reply.text.strip(),
         "finish_reason": info.get("finish_reason"),
         "cache": info.get("cache"),
+        "caches": [info.get("cache")],
         "model": info.get("model"),
         "source": info.get("source"),
         "tokens": info.get("tokens"),
