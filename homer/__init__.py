@@ -44,7 +44,7 @@ _EXPORTS = {
     "Turn": "homer.prompts",
     "WarmPool": "homer.warm",
     "PoolSettings": "homer.warm",
-    "CacheExistsError": "homer.service",
+    "CacheExistsError": "homer.errors",
     "Ingested": "homer.service",
     "LoadedModel": "homer.service",
     "ModelChoice": "homer.service",
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from homer.config import HomerConfig, ResolvedConfig
     from homer.errors import (
         CacheError,
+        CacheExistsError,
         CacheMismatchError,
         DocumentError,
         HomerError,
@@ -79,7 +80,6 @@ if TYPE_CHECKING:
     )
     from homer.prompts import Turn
     from homer.service import (
-        CacheExistsError,
         Ingested,
         LoadedModel,
         ModelChoice,

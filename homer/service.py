@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from homer.errors import CacheError
+from homer.errors import CacheError, CacheExistsError
 
 if TYPE_CHECKING:
     from homer.cache import HomerCache
@@ -115,23 +115,6 @@ def load_model(choice: ModelChoice | str | None = None) -> LoadedModel:
 
 
 # ----------------------------------------------------------------------------- ingest
-
-
-class CacheExistsError(CacheError):
-    """Another document is already saved under the requested name.
-
-    Attributes:
-        name: the name asked for.
-        source: where the cache already saved under it came from.
-    """
-
-    def __init__(self, name: str, source: str) -> None:
-        super().__init__(
-            f"a cache named {name!r} already exists (from {source!r}); choose another name, "
-            "or replace it"
-        )
-        self.name = name
-        self.source = source
 
 
 @dataclass(frozen=True)

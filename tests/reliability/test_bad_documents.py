@@ -71,7 +71,7 @@ _RANDOM = random.Random(5).randbytes(64 * 1024)
 # (id, builder, fragments the one error line must hold)
 CASES: list[tuple[str, Builder, tuple[str, ...]]] = [
     ("missing", _missing, ("missing.txt", "no such file")),
-    ("directory", _directory, ("folder", "is a directory")),
+    ("directory", _directory, ("folder", "no documents in")),  # an empty folder: nothing to ingest
     ("broken-symlink", _broken_symlink, ("link.txt", "no such file")),
     ("fifo", _fifo, ("pipe", "not a regular file")),
     ("device", _device, ("not a regular file",)),

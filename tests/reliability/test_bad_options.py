@@ -165,8 +165,8 @@ def test_unsupported_architecture(
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--max-chunk", "512"], ("max_chunk_len (512)", "context window (256)")),
-        (["--budget", "200"], ("target_len (200) cannot exceed max_chunk_len (128)",)),
+        (["--max-chunk", "512"], ("--max-chunk (512)", "context window (256)")),
+        (["--budget", "200"], ("--budget (200) cannot exceed --max-chunk (128)",)),
     ],
     ids=["chunk-over-window", "budget-over-default-chunk"],
 )
