@@ -12,10 +12,13 @@ inserted in each (`benchmarks.needles.make_needle`), ingested with a budget smal
 four caches to fit the window together. Each question is asked (greedy, 24 tokens):
 - `right cache alone`: from the cache of the document that holds the fact (chosen by hand);
 - `all four joined`: from the four caches joined into one (`homer ask -c a -c b -c c -c d`);
-- `router top-2`: from the two caches BM25 ranks first (`choose_caches(limit=2)`);
+- `all four, the right one last`: the same four, the fact's document joined last (an oracle
+  order: how much the document nearest the question matters);
+- `router top-2, best last`: from the two caches BM25 ranks first (`choose_caches(limit=2)`),
+  the best one joined last, as `homer ask --all` does;
 and the router's top-1 choice is checked against the fact's document.
 
-    python -m benchmarks.library across --tokens 8000 --needles 5
+    python -m benchmarks.library across --tokens 4000 --needles 3
     python -m benchmarks.library throughput --docs 8
 """
 
@@ -76,6 +79,8 @@ def across(args: argparse.Namespace) -> None:
         doc = haystack(tokenizer, text, args.tokens)
         for k in range(args.needles):
             needle = make_needle(rng, index)
+            while any(f["question"] == needle.question for f in facts):
+                needle = make_needle(rng, index)  # one fact per question in the whole library
             index += 1
             doc = insert(doc, needle.sentence, (k + 0.5) / args.needles)
             facts.append({"source": source, "question": needle.question, "key": needle.key})
@@ -95,11 +100,16 @@ def across(args: argparse.Namespace) -> None:
     records = []
     for fact in facts:
         choice = choose_caches(store, fact["question"], model, limit=2)
-        top2, _ = open_joined(model, choice.names, store=store)
+        top2, _ = open_joined(model, list(reversed(choice.names)), store=store)
+        right = names[fact["source"]]
+        right_last, _ = open_joined(
+            model, [n for n in names.values() if n != right] + [right], store=store
+        )
         replies = {
             "right cache alone": alone[fact["source"]],
             "all four joined": joined,
-            "router top-2": top2,
+            "all four, the right one last": right_last,
+            "router top-2, best last": top2,
         }
         record = {
             **fact,
@@ -116,7 +126,7 @@ def across(args: argparse.Namespace) -> None:
             flush=True,
         )
         write_result(args.name, {"records": records, "caches": names, "budget": args.budget})
-    arms = ["right cache alone", "all four joined", "router top-2"]
+    arms = list(replies)
     rows = [[arm, rate(sum(r[arm]["correct"] for r in records), len(records))] for arm in arms]
     rows.append(
         [
@@ -245,8 +255,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     a = sub.add_parser("across", help="questions across a 4-document library")
-    a.add_argument("--tokens", type=int, default=8000, help="tokens per document")
-    a.add_argument("--needles", type=int, default=5, help="facts per document")
+    a.add_argument("--tokens", type=int, default=4000, help="tokens per document")
+    a.add_argument("--needles", type=int, default=3, help="facts per document")
     a.add_argument("--budget", type=int, default=1536, help="cache tokens per document")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--name", default="library_across")

@@ -658,8 +658,12 @@ def _answer(
         from homer.library import choose_caches
 
         choice = choose_caches(store, question, loaded)
-        names = choice.names
-        _notice(f"answering from {', '.join(names)} (the most relevant of {len(choice.scores)})")
+        # The most relevant is read last, nearest the question (docs/RESULTS.md, the library).
+        names = list(reversed(choice.names))
+        _notice(
+            f"answering from {', '.join(choice.names)} (most relevant first, of "
+            f"{len(choice.scores)})"
+        )
     if len(names) > 1:
         from homer.library import open_joined
 
