@@ -111,6 +111,7 @@ class _Remote:
             top_p=sampling.top_p,
             seed=sampling.seed,
             on_piece=show,
+            stop_loops=sampling.stop_loops,
         )
         return reply.text
 
@@ -215,6 +216,13 @@ def chat(
     seed: Annotated[
         int | None, typer.Option(help="Random seed for sampling.", show_default=False)
     ] = None,
+    allow_loops: Annotated[
+        bool,
+        typer.Option(
+            "--allow-loops",
+            help="Let an answer that repeats itself go on to --max-tokens (by default it stops).",
+        ),
+    ] = False,
     server: Annotated[
         str | None,
         typer.Option(
@@ -255,7 +263,11 @@ def chat(
         _check_sampling(max_tokens, temperature, top_p)
         _setup_logging()
         sampling = Sampling(
-            max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop_loops=not allow_loops,
         )
         backend: _Backend
         found = None

@@ -204,6 +204,7 @@ def answer(
     top_p: float,
     seed: int | None,
     on_piece: Any = None,
+    stop_loops: bool = True,
 ) -> RemoteAnswer:
     """Ask `server` `question` about `cache` (None: its most recent), streaming pieces to
     `on_piece`; earlier (question, answer) turns go first."""
@@ -219,6 +220,8 @@ def answer(
         "top_p": top_p,
         "seed": seed,
     }
+    if not stop_loops:
+        body["stop_loops"] = False
     pieces: list[str] = []
     info: dict[str, Any] = {}
     for event in server.chat(body):

@@ -211,6 +211,7 @@ class AnswerJob(_Job):
                     top_p=chat.top_p,
                     seed=chat.seed,
                     stop=chat.stop,
+                    stop_loops=chat.stop_loops,
                 )
                 history = [Turn(q, a) for q, a in chat.history]
                 stream = ask(lease.model, lease.cache.cache, chat.question, sampling, history)

@@ -71,6 +71,7 @@ class ChatRequest:
     top_p: float
     seed: int | None
     stop: tuple[str, ...]
+    stop_loops: bool = True
 
 
 def _is_int(value: Any) -> bool:
@@ -251,6 +252,10 @@ def parse_chat(body: Any) -> ChatRequest:
     if any(not s for s in stops):
         raise _range_error("stop", "non-empty strings", stop)
 
+    stop_loops = body.get("stop_loops", True)  # homer's own field: False lets an answer loop
+    if not isinstance(stop_loops, bool):
+        raise _type_error("stop_loops", "true or false", stop_loops)
+
     return ChatRequest(
         model=model,
         cache=cache,
@@ -263,6 +268,7 @@ def parse_chat(body: Any) -> ChatRequest:
         top_p=float(top_p),
         seed=seed,
         stop=stops,
+        stop_loops=stop_loops,
     )
 
 

@@ -517,7 +517,9 @@ def test_chat_in_process_follows_up_resets_and_exits(served: Served) -> None:
 
 
 def test_chat_through_the_server_and_ctrl_c_stops_only_the_answer(served: Served) -> None:
-    child = spawn_chat(served, "-c", "keys", "-n", "1000", server=served.url)
+    # --allow-loops: the tiny random model's answer is a loop, which would otherwise end at
+    # once; this answer must still be running when Ctrl-C comes.
+    child = spawn_chat(served, "-c", "keys", "-n", "1000", "--allow-loops", server=served.url)
     try:
         child.expect_exact(f"(cache keys) through {served.url}")
         child.expect_exact(">>> ")
@@ -533,7 +535,7 @@ def test_chat_through_the_server_and_ctrl_c_stops_only_the_answer(served: Served
             time.sleep(0.05)
         child.sendintr()  # at the prompt: a fresh line, the session goes on
         child.expect_exact(">>> ")
-        expected = local(served, "keys", QUESTIONS[1], max_new_tokens=1000)[0]
+        expected = local(served, "keys", QUESTIONS[1], max_new_tokens=1000, stop_loops=False)[0]
         assert say_and_hear(child, QUESTIONS[1]) == expected.replace("\r\n", "\n")
         child.sendeof()
         child.expect(pexpect_eof())
