@@ -15,6 +15,7 @@ reports progress through callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import time
 from collections.abc import Callable, Sequence
@@ -166,7 +167,7 @@ def ingest_many(
                 document_tokens=done.record.document_tokens,
                 cache_tokens=done.record.cache_tokens,
             )
-        outcome = Outcome(**{**outcome.__dict__, "seconds": time.perf_counter() - began})
+        outcome = dataclasses.replace(outcome, seconds=time.perf_counter() - began)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
