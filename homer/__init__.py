@@ -42,6 +42,9 @@ _EXPORTS = {
     "generate": "homer.generation",
     "ProgressEvent": "homer.tree",
     "Turn": "homer.prompts",
+    "Citation": "homer.grounding",
+    "Grounding": "homer.grounding",
+    "GroundedStream": "homer.grounding",
     "WarmPool": "homer.warm",
     "PoolSettings": "homer.warm",
     "CacheExistsError": "homer.errors",
@@ -78,6 +81,7 @@ if TYPE_CHECKING:
         GenerationStream,
         generate,
     )
+    from homer.grounding import Citation, GroundedStream, Grounding
     from homer.prompts import Turn
     from homer.service import (
         Ingested,
@@ -109,10 +113,13 @@ __all__ = [
     "CacheMismatchError",
     "CacheRecord",
     "Calibration",
+    "Citation",
     "ContextOverflowError",
     "DocumentError",
     "GenerationStats",
     "GenerationStream",
+    "GroundedStream",
+    "Grounding",
     "HomerCache",
     "HomerConfig",
     "HomerError",

@@ -404,6 +404,34 @@ class ModelAdapter:
         )
 
     @torch.inference_mode()
+    def attention_after(self, past: Any, ids: list[int], start: int) -> list[torch.Tensor]:
+        """Feed `ids` after the kv-cache `past` at positions `start, start + 1, ...` and return
+        how they attend to the cached tokens: per layer `(H, Q, T)` float32 probabilities of
+        each of the `Q` new tokens over the `T` tokens `past` held (rows sum to at most one:
+        the rest goes to the new tokens themselves).
+
+        The model's own forward runs with its eager attention for the call (the one that hands
+        out its probabilities), masks and all; `past` grows by the new tokens.
+        """
+        held = int(past.get_seq_length())
+        device = self.device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+        previous = self.config._attn_implementation
+        self.config._attn_implementation = "eager"
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                use_cache=True,
+                output_attentions=True,
+                **cache_kwargs(self.model, past),
+            )
+        finally:
+            self.config._attn_implementation = previous
+        return [a[0, :, :, :held].float() for a in out.attentions]
+
+    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`(..., hidden)` last-layer output -> `(..., vocab)` float32 logits (norm, then head,
         then the model's own logit scaling or soft-capping)."""

@@ -80,6 +80,10 @@ class HomerCache:
         positions: `(T,)` int64, their position ids; `positions[-1]` is `last_position`.
         last_logits: `(vocab,)` float32, the model's logits at the last cached token.
         info: how the cache was built.
+        spans: `(T, 2)` int64 `[start, end)` character span of each kept token in the document
+            text, `(-1, -1)` for the instruction around it (`homer.provenance`); None when
+            unknown (a cache saved before spans were kept, a joined cache, a tokenizer without
+            offsets): such a cache answers but cannot cite.
     """
 
     keys: list[torch.Tensor]
@@ -88,6 +92,7 @@ class HomerCache:
     positions: torch.Tensor
     last_logits: torch.Tensor
     info: CacheInfo
+    spans: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.values) or not self.keys:
@@ -101,6 +106,8 @@ class HomerCache:
                 )
         if self.positions.shape != self.token_ids.shape:
             raise ValueError("positions and token_ids must have the same shape")
+        if self.spans is not None and tuple(self.spans.shape) != (length, 2):
+            raise ValueError(f"spans must be ({length}, 2), got {tuple(self.spans.shape)}")
 
     @property
     def length(self) -> int:
@@ -154,6 +161,7 @@ class HomerCache:
             positions=self.positions,
             last_logits=self.last_logits,
             info=self.info,
+            spans=self.spans,
         )
 
     def to(
@@ -167,4 +175,5 @@ class HomerCache:
             positions=self.positions.to(device=device),
             last_logits=self.last_logits.to(device=device),
             info=self.info,
+            spans=self.spans,
         )

@@ -15,12 +15,13 @@ import torch
 
 from homer.adapter import ModelAdapter
 from homer.cache import CacheInfo, HomerCache
-from homer.calibration import Calibration, calibrate
+from homer.calibration import Calibration, CalibrationNeeded, calibrate
 from homer.config import Ablations, HomerConfig, ResolvedConfig
 from homer.errors import DocumentError
 from homer.merging import NodeState
 from homer.positions import compact_positions, turn_keys
-from homer.prompts import PromptTemplate, encode, encode_document
+from homer.prompts import PromptTemplate, encode, encode_document_spans
+from homer.provenance import char_spans, kept_sources
 from homer.schedule import LayerSchedule, Plan, fit_warmup
 from homer.tree import ProgressCallback, ProgressEvent, SubtreeMemo, TreeInputs, TreeRunner
 
@@ -36,6 +37,7 @@ class _Prompt:
     prefix: torch.Tensor
     context: torch.Tensor
     suffix: torch.Tensor
+    offsets: torch.Tensor | None = None  # `(C, 2)` character span of each document token
 
 
 def compress(
@@ -97,6 +99,7 @@ def compress(
     )
     root = runner.run(inputs)
     cache = _unpack(adapter, root)
+    cache.spans = _spans(prompt, inputs.tables.word_ids, root)
     del root  # its keys are now held once, so each old key is freed as soon as it is turned
     if ablations.compact_positions:
         cache.positions = _final_positions(adapter, cache.keys, cache.positions)
@@ -113,7 +116,7 @@ def _prompt_ids(
     prefix_ids = encode(tokenizer, prefix_text)
     if template.add_bos:
         prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
-    context = encode_document(tokenizer, text)
+    context, offsets = encode_document_spans(tokenizer, text)
     if context.numel() == 0:
         raise DocumentError("the document holds no text to compress")
     return _Prompt(
@@ -122,6 +125,7 @@ def _prompt_ids(
         prefix=torch.tensor(prefix_ids, dtype=torch.long),
         context=context,
         suffix=torch.tensor(encode(tokenizer, suffix_text), dtype=torch.long),
+        offsets=offsets,
     )
 
 
@@ -169,7 +173,13 @@ def _bias(
             if progress is not None:
                 progress(ProgressEvent("calibrate", done, total))
 
-        calibration = calibrate(model, tokenizer, config, on_sample=on_sample)
+        def on_measure(need: CalibrationNeeded) -> None:
+            if progress is not None:  # before the first sample: what is measured, and why
+                progress(ProgressEvent("calibrate", 0, need.samples, calibration=need))
+
+        calibration = calibrate(
+            model, tokenizer, config, on_sample=on_sample, on_measure=on_measure
+        )
     return calibration.bias
 
 
@@ -193,6 +203,17 @@ def _final_positions(
     return compact
 
 
+def _spans(prompt: _Prompt, doc_words: torch.Tensor, root: NodeState) -> torch.Tensor | None:
+    """`(T, 2)` character spans of the root's tokens in the document (`homer.provenance`), or
+    None when the tokenizer gave no offsets."""
+    if prompt.offsets is None:
+        return None
+    sources = kept_sources(
+        root.token_ids.cpu(), root.word_ids.cpu(), prompt.context, doc_words.cpu()
+    )
+    return char_spans(sources, prompt.offsets)
+
+
 @dataclass
 class _Tensors:
     """The root's tensors on their way into a `HomerCache` (keys may still be turned)."""
@@ -202,6 +223,7 @@ class _Tensors:
     token_ids: torch.Tensor
     positions: torch.Tensor
     last_logits: torch.Tensor
+    spans: torch.Tensor | None = None
 
 
 def _unpack(adapter: ModelAdapter, root: NodeState) -> _Tensors:
@@ -250,4 +272,5 @@ def _package(
         positions=tensors.positions,
         last_logits=tensors.last_logits,
         info=info,
+        spans=tensors.spans,
     )

@@ -118,6 +118,9 @@ def held_back(text: str, stops: Sequence[str]) -> int:
 class GenerationStream:
     """An iterator of text pieces; `stats` and `text` are complete once it is exhausted.
 
+    `evidence` is text fed right after the cache, before the conversation (passages of the
+    document re-read in full, `homer.grounding`).
+
     Raises (when built):
         ValueError: an empty question or an out-of-range option.
         ContextOverflowError: the cache and the prompt leave no room in the model's window.
@@ -138,6 +141,7 @@ class GenerationStream:
         history: Sequence[Turn] = (),
         stop: Sequence[str] = (),
         stop_loops: bool = True,
+        evidence: str = "",
     ) -> None:
         if not question.strip():
             raise ValueError("the question is empty")
@@ -145,8 +149,8 @@ class GenerationStream:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-        if raw and history:
-            raise ValueError("history needs the question template; raw=True takes none")
+        if raw and (history or evidence):
+            raise ValueError("history and evidence need the question template; raw=True takes none")
         self.model = model
         self.tokenizer = tokenizer
         self.cache = cache
@@ -161,7 +165,8 @@ class GenerationStream:
             self.prompt_ids = encode(tokenizer, question)
         else:
             template = PromptTemplate.for_tokenizer(tokenizer)
-            self.prompt_ids = encode(tokenizer, template.conversation(history, question))
+            # Re-read passages (`homer.grounding`) come first, right after the cache.
+            self.prompt_ids = encode(tokenizer, evidence + template.conversation(history, question))
         # Positions the cache and prompt take, and one more for the first answer token.
         needed = cache.last_position + 1 + len(self.prompt_ids) + 1
         if needed > self.adapter.window:

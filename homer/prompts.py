@@ -166,11 +166,43 @@ def encode_document(
     Pieces end at paragraph, line or word boundaries, so the ids match one-call tokenization
     (exactly so for documents shorter than `piece_chars`).
     """
+    return encode_document_spans(tokenizer, text, piece_chars, offsets=False)[0]
+
+
+def encode_document_spans(
+    tokenizer: Any,
+    text: str,
+    piece_chars: int = DOCUMENT_PIECE_CHARS,
+    *,
+    offsets: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_document`'s `(C,)` ids, and each token's `[start, end)` character span in `text`
+    as `(C, 2)` int64, or None where the tokenizer cannot say (a slow, Python tokenizer)."""
     pieces: list[torch.Tensor] = []
+    spans: list[torch.Tensor] | None = [] if offsets else None
     start = 0
     while start < len(text):
         end = _piece_end(text, start, piece_chars)
-        ids = tokenizer(text[start:end], add_special_tokens=False, verbose=False)["input_ids"]
-        pieces.append(torch.tensor(ids, dtype=torch.long))
+        encoded = _encode_piece(tokenizer, text[start:end], spans is not None)
+        pieces.append(torch.tensor(encoded["input_ids"], dtype=torch.long))
+        mapping = encoded.get("offset_mapping") if spans is not None else None
+        if spans is not None and mapping is not None:
+            spans.append(torch.tensor(mapping, dtype=torch.long).reshape(-1, 2) + start)
+        else:
+            spans = None
         start = end
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+    ids = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+    if spans is None:
+        return ids, None
+    return ids, torch.cat(spans) if spans else torch.zeros(0, 2, dtype=torch.long)
+
+
+def _encode_piece(tokenizer: Any, piece: str, with_offsets: bool) -> Any:
+    if with_offsets:
+        try:
+            return tokenizer(
+                piece, add_special_tokens=False, verbose=False, return_offsets_mapping=True
+            )
+        except (NotImplementedError, ValueError, TypeError):  # no offsets from this tokenizer
+            pass
+    return tokenizer(piece, add_special_tokens=False, verbose=False)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from homer.errors import CacheError, CacheExistsError
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from homer.config import HomerConfig
     from homer.documents import Document
     from homer.generation import GenerationStream
+    from homer.grounding import DocumentView, GroundedStream, Grounding
+    from homer.precision import Phase
     from homer.prompts import Turn
     from homer.store import CacheRecord, Store
     from homer.tree import ProgressCallback
@@ -52,14 +54,18 @@ class ModelChoice:
         name: the embedded default's name, a Hub id or a local folder (`None`: `$HOMER_MODEL`,
             else the embedded model).
         device: `"cpu"`, `"cuda"`, `"cuda:N"` (`None`: CUDA when available).
-        dtype: `"float32"`, `"float16"`, `"bfloat16"` (`None`: the device's default).
+        dtype: `"float32"`, `"float16"`, `"bfloat16"` (`None`: chosen by `phase`).
         trust_remote_code: allow a Hub model's own Python code to run.
+        phase: what the model is loaded for, `"compress"` or `"decode"`; with no `dtype` it
+            picks the dtype (`homer.precision`: on the CPU bfloat16 to compress, float32 to
+            decode); `None` (a model used for both): the device's default.
     """
 
     name: str | None = None
     device: str | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
+    phase: Phase | None = None
 
 
 @dataclass(eq=False)
@@ -102,13 +108,14 @@ def load_model(choice: ModelChoice | str | None = None) -> LoadedModel:
     """
     from homer.models import load_model as load_weights
     from homer.models import model_id
+    from homer.precision import dtype_for
 
     if not isinstance(choice, ModelChoice):
         choice = ModelChoice(name=choice)
     model, tokenizer = load_weights(
         choice.name,
         device=choice.device,
-        dtype=choice.dtype,
+        dtype=dtype_for(choice.phase, choice.device, choice.dtype),
         trust_remote_code=choice.trust_remote_code,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, id=model_id(model))
@@ -193,12 +200,17 @@ def ingest(
     key = content_key_for(document, model, config, focus)
     target = name or derive_name(document.source, key)
     with store.ingest_lock(key, on_wait=on_wait):
+        replace = force
         if not force:
             reused = _reusable(store, key, target, explicit_name=name is not None)
             if reused is not None:
-                store.mark_used(reused)
-                return Ingested(name=reused, record=store.record(reused), reused=True)
-            if store.exists(target):
+                record = store.record(reused)
+                if record.metadata.citable:
+                    store.mark_used(reused)
+                    return Ingested(name=reused, record=record, reused=True)
+                # Saved before caches kept their sources: computed again, so it can cite.
+                target, replace = reused, True
+            elif store.exists(target):
                 raise CacheExistsError(target, store.record(target).source)
         started = time.perf_counter()
         cache = compress(
@@ -223,8 +235,9 @@ def ingest(
             ),
             settings=config.key_settings(),
             extra={"compress_seconds": round(seconds, 3), "device": str(cache.device)},
+            text=document.text,
         )
-        record = store.save(cache, provenance, name=target, overwrite=force)
+        record = store.save(cache, provenance, name=target, overwrite=replace)
     store.mark_used(target)
     return Ingested(name=target, record=record, reused=False, seconds=seconds)
 
@@ -271,12 +284,29 @@ def pick_record(store: Store, name: str | None = None) -> CacheRecord:
 
 @dataclass(frozen=True)
 class OpenedCache:
-    """A saved cache loaded for `model`: its tensors (on the model's device and dtype) and
-    its record."""
+    """A saved cache loaded for `model`: its tensors (on the model's device and dtype), its
+    record, and the document's text where it was saved (None: the cache cannot cite)."""
 
     cache: HomerCache
     record: CacheRecord
     seconds: float = field(default=0.0, compare=False)
+    text: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def citable(self) -> bool:
+        """Whether answers can cite and re-read the document (a cache saved with spans and
+        text: format version 2 on)."""
+        return self.text is not None and self.cache.spans is not None
+
+    @property
+    def document(self) -> DocumentView | None:
+        """The saved text, for `ask(..., grounding=...)`; None when the cache cannot cite."""
+        from homer.grounding import DocumentView
+
+        if not self.citable:
+            return None
+        assert self.text is not None
+        return DocumentView(self.text, tuple(self.record.metadata.document.page_map))
 
     @property
     def name(self) -> str:
@@ -305,8 +335,9 @@ def open_cache(
         dtype=model.dtype,
         device=model.device,
     )
+    text = store.read_text(record.name) if record.metadata.citable else None
     store.mark_used(record.name)
-    return OpenedCache(cache=cache, record=record, seconds=time.perf_counter() - started)
+    return OpenedCache(cache=cache, record=record, seconds=time.perf_counter() - started, text=text)
 
 
 @dataclass(frozen=True)
@@ -332,25 +363,71 @@ class Sampling:
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
 
+@overload
 def ask(
     model: LoadedModel,
     cache: HomerCache,
     question: str,
     sampling: Sampling | None = None,
     history: Sequence[Turn] = (),
-) -> GenerationStream:
+    *,
+    grounding: None = None,
+    document: DocumentView | None = None,
+) -> GenerationStream: ...
+
+
+@overload
+def ask(
+    model: LoadedModel,
+    cache: HomerCache,
+    question: str,
+    sampling: Sampling | None = None,
+    history: Sequence[Turn] = (),
+    *,
+    grounding: Grounding,
+    document: DocumentView | None = None,
+) -> GroundedStream: ...
+
+
+def ask(
+    model: LoadedModel,
+    cache: HomerCache,
+    question: str,
+    sampling: Sampling | None = None,
+    history: Sequence[Turn] = (),
+    *,
+    grounding: Grounding | None = None,
+    document: DocumentView | None = None,
+) -> GenerationStream | GroundedStream:
     """Answer `question` from `cache`; iterate the result for text as it is generated.
 
     `history` holds the conversation's earlier turns (question and answer), fed after the cache
     before `question`. The cache is never changed, so the same cache answers any number of
-    questions and conversations; `GenerationStream.cancel()` stops an answer early.
+    questions and conversations; `cancel()` stops an answer early.
+
+    With `grounding` (and the `document` saved with the cache, `OpenedCache.document`), the
+    answer can re-read the passages the question points at, cite the passages it rests on,
+    and says whether it is grounded (`homer.grounding.GroundedStream`). Without the document
+    it answers plainly and says why (`GroundedStream.unavailable`).
 
     Raises:
         ContextOverflowError: the cache and the conversation do not fit the model's window.
     """
     from homer.generation import generate
+    from homer.grounding import GroundedStream
 
     sampling = sampling or Sampling()
+    if grounding is not None:
+        return GroundedStream(
+            model.model,
+            model.tokenizer,
+            cache,
+            question,
+            grounding,
+            document,
+            history=history,
+            generation=dataclasses.asdict(sampling),
+        )
     return generate(
         model.model,
         model.tokenizer,

@@ -205,6 +205,8 @@ def answer(
     seed: int | None,
     on_piece: Any = None,
     stop_loops: bool = True,
+    cite: int = 0,
+    reread: bool | None = None,
 ) -> RemoteAnswer:
     """Ask `server` `question` about `cache` (None: its most recent), streaming pieces to
     `on_piece`; earlier (question, answer) turns go first."""
@@ -222,6 +224,10 @@ def answer(
     }
     if not stop_loops:
         body["stop_loops"] = False
+    if cite:
+        body["cite"] = cite
+    if reread is not None:
+        body["reread"] = reread
     pieces: list[str] = []
     info: dict[str, Any] = {}
     for event in server.chat(body):

@@ -195,6 +195,7 @@ class AnswerJob(_Job):
             stream.cancel()
 
     def _run(self) -> None:
+        from homer.grounding import REREAD_DEFAULT, Grounding
         from homer.prompts import Turn
         from homer.service import Sampling, ask
 
@@ -214,7 +215,18 @@ class AnswerJob(_Job):
                     stop_loops=chat.stop_loops,
                 )
                 history = [Turn(q, a) for q, a in chat.history]
-                stream = ask(lease.model, lease.cache.cache, chat.question, sampling, history)
+                grounding = Grounding(
+                    cite=chat.cite, reread=REREAD_DEFAULT if chat.reread is None else chat.reread
+                )
+                stream = ask(
+                    lease.model,
+                    lease.cache.cache,
+                    chat.question,
+                    sampling,
+                    history,
+                    grounding=grounding,
+                    document=lease.cache.document,
+                )
                 self.stream = stream
                 if self.cancelled:
                     stream.cancel()
@@ -243,8 +255,10 @@ class AnswerJob(_Job):
                             "cache_load_s": round(lease.cache_load_s, 4),
                             "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
                             "generation_s": round(stats.total_s, 4),
+                            "grounding_s": round(stream.grounding_seconds, 4),
                         },
-                    },
+                    }
+                    | stream.report(),
                 )
         except BaseException as exc:  # reported to the client; the thread ends cleanly
             self.tally("error")

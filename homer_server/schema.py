@@ -72,6 +72,12 @@ class ChatRequest:
     seed: int | None
     stop: tuple[str, ...]
     stop_loops: bool = True
+    cite: int = 0
+    reread: bool | None = None
+
+
+#: Most passages a request may ask to be cited.
+MAX_CITE = 20
 
 
 def _is_int(value: Any) -> bool:
@@ -256,6 +262,16 @@ def parse_chat(body: Any) -> ChatRequest:
     if not isinstance(stop_loops, bool):
         raise _type_error("stop_loops", "true or false", stop_loops)
 
+    # homer's own fields: cite the passages the answer rests on, re-read the question's.
+    cite = body.get("cite", 0)
+    if not _is_int(cite):
+        raise _type_error("cite", "an integer", cite)
+    if not 0 <= cite <= MAX_CITE:
+        raise _range_error("cite", f"between 0 and {MAX_CITE}", cite)
+    reread = body.get("reread")
+    if reread is not None and not isinstance(reread, bool):
+        raise _type_error("reread", "true or false", reread)
+
     return ChatRequest(
         model=model,
         cache=cache,
@@ -269,6 +285,8 @@ def parse_chat(body: Any) -> ChatRequest:
         seed=seed,
         stop=stops,
         stop_loops=stop_loops,
+        cite=cite,
+        reread=reread,
     )
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from homer.config import HomerConfig
+from homer.grounding import REREAD_DEFAULT, Grounding
 from homer.prompts import Turn
 from homer.service import LoadedModel, ModelChoice, Sampling, ask, ingest, load_model, open_cache
 from homer.store import Store
@@ -94,6 +95,8 @@ def local(
         question,
         Sampling(**{"max_new_tokens": NEW, **sampling}),
         history,
+        grounding=Grounding(reread=REREAD_DEFAULT),  # what a request without homer's fields gets
+        document=opened.document,
     )
     return "".join(stream), stream.stats
 
@@ -297,6 +300,30 @@ def test_a_client_that_leaves_stops_its_answer(served: Served) -> None:
             time.sleep(0.05)
         else:
             pytest.fail("the answer went on after its client left")
+
+
+def test_citations_and_grounding_reach_an_openai_client(served: Served) -> None:
+    """homer's own request fields (`cite`, `reread`) and its answer fields, through the
+    official client's `extra_body` and the response's extra fields."""
+    reply = served.client().chat.completions.create(
+        model="homer/sea",
+        messages=[user(QUESTIONS[0])],
+        max_tokens=NEW,
+        extra_body={"cite": 2, "reread": False},
+    )
+    extra = reply.model_extra or {}
+    found = extra["homer"]
+    assert found["reread"] is False and isinstance(found["grounded"], bool)
+    assert 1 <= len(found["citations"]) <= 2  # a short document holds few passages
+    text = DOCS["sea"]
+    for cited in found["citations"]:
+        assert text[cited["start"] : cited["end"]].strip() == cited["text"]
+    bad = httpx.post(
+        served.url + "/v1/chat/completions",
+        json={"model": "homer/sea", "messages": [user("hi")], "cite": "three"},
+        timeout=30,
+    )
+    assert error_of(bad, 400)["param"] == "cite"
 
 
 def test_homer_endpoints_ingest_list_show_rm(served: Served, tmp_path: Path) -> None:

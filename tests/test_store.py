@@ -596,16 +596,19 @@ def test_a_format1_cache_written_by_homer_0_1_loads_as_before() -> None:
     assert_same(store.load("again")[0], make_cache())
 
 
-def test_a_new_save_writes_format1_as_homer_0_1_did() -> None:
-    """Caches written now are readable by homer 0.1.0: the same fields, types and order."""
+def test_a_new_save_keeps_format1s_fields_and_adds_format2s_at_the_end() -> None:
+    """Format 2 is format 1 (the same fields, types and order as homer 0.1.0 wrote) with the
+    spans flag and the saved text's reference after them."""
     record = save(Store(), page_map=(0, 10), kind="pdf", extra={"compress_seconds": 1.5})
     written = json.loads((record.path / META_FILE).read_text())
     expected = json.loads(FORMAT1_META)
-    assert list(written) == list(expected)
+    assert list(written) == [*expected, "spans", "text"]
+    assert written["format_version"] == 2 and written["spans"] is False and written["text"] is None
     for part in ("model", "tokenizer", "document", "tokens", "info"):
         assert list(written[part]) == list(expected[part]), part
-    assert {k: v for k, v in written.items() if k not in ("created", "extra")} == {
-        k: v for k, v in expected.items() if k not in ("created", "extra")
+    skip = ("created", "extra", "format_version", "spans", "text")
+    assert {k: v for k, v in written.items() if k not in skip} == {
+        k: v for k, v in expected.items() if k not in skip
     }
 
 
@@ -677,7 +680,7 @@ def test_a_newer_format_is_refused_not_misread() -> None:
     with pytest.raises(CacheVersionError) as info:
         store.load("doc")
     error = info.value
-    assert (error.path, error.version, error.supported) == (path, FORMAT_VERSION + 1, 1)
+    assert (error.path, error.version, error.supported) == (path, FORMAT_VERSION + 1, 2)
     assert store.records() == []
 
 

@@ -1,14 +1,18 @@
 """The cache file format: what a saved cache's two files hold, and how they are written and read.
 
-A cache is a folder holding two files:
+A cache is a folder holding two or three files:
 
     meta.json            `CacheMeta` as JSON: "format": "homer-cache", "format_version", where the
-                         cache came from, its sizes, and the size and SHA-256 of the tensor file
+                         cache came from, its sizes, and the size and SHA-256 of the other files
     tensors.safetensors  `layers.<i>.keys` / `layers.<i>.values` in the model's dtype, `token_ids`
-                         and `positions` (int64), `last_logits` (float32)
+                         and `positions` (int64), `last_logits` (float32), and from version 2
+                         `spans` (`(T, 2)` int64: each kept token's characters in the document)
+    document.txt.gz      (version 2) the document's text, gzip-compressed: what citations quote
+                         and re-reading reads
 
 Versions: every meta.json carries `format_version`. A reader exists for each version this code
-knows (only 1 so far: `_parse_v1`), so caches written by an older homer keep loading; a newer
+knows (`_parse_v1`, `_parse_v2`), so caches written by an older homer keep loading (a version 1
+cache answers but cannot cite: it has no spans and no text); a newer
 version is refused with `CacheVersionError`, never guessed at. Reading validates every field's
 type (a string where a count belongs, a missing field, a wrong format) and refuses what does not
 fit with `CacheDamagedError`, naming the file. Nothing here can execute code: meta.json is read
@@ -42,10 +46,11 @@ if TYPE_CHECKING:  # torch is imported lazily so `homer list` / `show` / `rm` st
     from homer.cache import HomerCache
 
 #: Version of the format written by this code. Older versions are read; newer ones are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_NAME = "homer-cache"
 META_FILE = "meta.json"
 TENSOR_FILE = "tensors.safetensors"
+TEXT_FILE = "document.txt.gz"
 
 _HASH_BLOCK = 1 << 22
 #: How deep the free-form parts of the metadata (settings, extra) may nest.
@@ -95,6 +100,8 @@ class Provenance:
         document: the document compressed.
         settings: the HOMER settings as requested (the resolved ones are in the cache's info).
         extra: more JSON-able facts to keep under `"extra"` (timings, for instance).
+        text: the document's text, saved beside the tensors so answers can quote it; None saves
+            none (the cache then cannot cite).
     """
 
     key: str
@@ -104,11 +111,23 @@ class Provenance:
     document: DocumentRef
     settings: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    text: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TextRef:
+    """The saved document text: its file, the file's size and SHA-256, and its length in
+    characters."""
+
+    file: str
+    sha256: str
+    bytes: int
+    chars: int
 
 
 @dataclass(frozen=True)
 class CacheMeta:
-    """Everything meta.json holds, typed (format version 1's fields).
+    """Everything meta.json holds, typed.
 
     Attributes:
         name: the name it was saved under.
@@ -123,6 +142,8 @@ class CacheMeta:
         info: `CacheInfo.to_dict()`.
         tensor_file / tensor_sha256 / tensor_bytes: the tensor file and its checksum and size.
         extra: free-form facts (compression time, device).
+        text: the saved document text (version 2), or None.
+        spans: the tensor file holds each kept token's character span (version 2).
         format_version: the version it was written in.
     """
 
@@ -144,10 +165,33 @@ class CacheMeta:
     tensor_sha256: str
     tensor_bytes: int
     extra: dict[str, Any]
+    text: TextRef | None = None
+    spans: bool = False
     format_version: int = FORMAT_VERSION
 
+    @property
+    def citable(self) -> bool:
+        """Whether answers from this cache can cite and re-read the document."""
+        return self.spans and self.text is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object meta.json holds (format version 1's layout, in its order)."""
+        """The JSON object meta.json holds (its version's layout, in its order)."""
+        data = self._v1_dict()
+        if self.format_version >= 2:
+            data["spans"] = self.spans
+            data["text"] = (
+                None
+                if self.text is None
+                else {
+                    "file": self.text.file,
+                    "sha256": self.text.sha256,
+                    "bytes": self.text.bytes,
+                    "chars": self.text.chars,
+                }
+            )
+        return data
+
+    def _v1_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -194,9 +238,16 @@ class CacheMeta:
 
 
 def build_meta(
-    cache: HomerCache, provenance: Provenance, *, name: str, created: str, tensor_path: Path
+    cache: HomerCache,
+    provenance: Provenance,
+    *,
+    name: str,
+    created: str,
+    tensor_path: Path,
+    text_path: Path | None = None,
 ) -> CacheMeta:
-    """The metadata of `cache`, whose tensor file has been written to `tensor_path`.
+    """The metadata of `cache`, whose tensor file has been written to `tensor_path` (and the
+    document's text to `text_path`, if any).
 
     It goes through JSON once, so what is returned equals what a later read gives back.
     """
@@ -227,6 +278,15 @@ def build_meta(
         tensor_sha256=sha256_file(tensor_path),
         tensor_bytes=tensor_path.stat().st_size,
         extra=dict(provenance.extra),
+        text=None
+        if text_path is None or provenance.text is None
+        else TextRef(
+            file=TEXT_FILE,
+            sha256=sha256_file(text_path),
+            bytes=text_path.stat().st_size,
+            chars=len(provenance.text),
+        ),
+        spans=cache.spans is not None,
     )
     return parse_meta(json.loads(meta.to_json()), tensor_path.parent / META_FILE)
 
@@ -390,6 +450,23 @@ def _parse_v1(data: dict[str, Any]) -> CacheMeta:
     )
 
 
+def _parse_v2(data: dict[str, Any]) -> CacheMeta:
+    text = _get(data, "text", "", dict, optional=True)
+    return replace(
+        _parse_v1(data),
+        spans=_get(data, "spans", "", bool),
+        text=None
+        if text is None
+        else TextRef(
+            file=_get(text, "file", "text", str),
+            sha256=_get(text, "sha256", "text", str),
+            bytes=_get(text, "bytes", "text", int),
+            chars=_get(text, "chars", "text", int),
+        ),
+        format_version=2,
+    )
+
+
 #: `CacheInfo.to_dict()`'s fields and types; those `CacheInfo.from_dict` does not require are
 #: optional.
 _INFO_FIELDS: dict[str, type] = {
@@ -406,7 +483,7 @@ _INFO_FIELDS: dict[str, type] = {
 }
 _INFO_OPTIONAL = frozenset({"focus", "settings", "model_type"})
 
-_READERS = {1: _parse_v1}
+_READERS = {1: _parse_v1, 2: _parse_v2}
 
 
 # -------------------------------------------------------------------- the tensor file
@@ -424,6 +501,8 @@ def write_tensors(cache: HomerCache, path: Path) -> None:
     tensors["token_ids"] = cache.token_ids.detach().to("cpu", torch.int64).contiguous()
     tensors["positions"] = cache.positions.detach().to("cpu", torch.int64).contiguous()
     tensors["last_logits"] = cache.last_logits.detach().to("cpu", torch.float32).contiguous()
+    if cache.spans is not None:
+        tensors["spans"] = cache.spans.detach().to("cpu", torch.int64).contiguous()
     try:
         save_file(tensors, str(path), metadata={"format": FORMAT_NAME})
     except Exception as exc:  # safetensors reports a full disk in a SafetensorError's text
@@ -464,6 +543,48 @@ def read_cache(folder: Path, meta: CacheMeta, name: str | None = None) -> HomerC
     return _cache_from_tensors(_read_tensors(path, name), meta, path, name)
 
 
+def write_text(text: str, path: Path) -> None:
+    """Write the document's text to `path`, gzip-compressed (no timestamp, so the same text
+    gives the same bytes), and fsync it."""
+    import gzip
+
+    fs.write_durable(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+
+
+def read_text(folder: Path, meta: CacheMeta, name: str | None = None) -> str | None:
+    """The document text saved with the cache in `folder`, checked against `meta`; None for a
+    cache saved without it.
+
+    Raises:
+        CacheDamagedError: the text file is missing, changed, or not gzip'd UTF-8 text.
+    """
+    import gzip
+    import zlib
+
+    if meta.text is None:
+        return None
+    if meta.text.file != TEXT_FILE:
+        raise CacheDamagedError(
+            folder / META_FILE, f"text file is {meta.text.file!r}, not {TEXT_FILE!r}", name
+        )
+    path = folder / TEXT_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CacheDamagedError(path, "document text missing", name) from exc
+    except PermissionError as exc:
+        raise CacheUnreadableError(path, f"cannot be read ({exc.strerror})", name) from exc
+    if len(data) != meta.text.bytes or hashlib.sha256(data).hexdigest() != meta.text.sha256:
+        raise CacheDamagedError(path, "checksum mismatch (the file is damaged)", name)
+    try:
+        text = gzip.decompress(data).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise CacheDamagedError(path, f"not gzip'd text ({exc})", name) from exc
+    if len(text) != meta.text.chars:
+        raise CacheDamagedError(path, f"{len(text)} characters, metadata says otherwise", name)
+    return text
+
+
 def _read_tensors(path: Path, name: str | None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -485,6 +606,17 @@ def _cache_from_tensors(
         values = [tensors[f"layers.{i}.values"] for i in range(meta.num_layers)]
         if any(t.dtype != expected for t in (*keys, *values)):
             raise CacheDamagedError(path, f"tensors are not {meta.dtype} as recorded", name)
+        # Shapes are data too: a forged one would fail deep inside attention.
+        # (Values may have another head size than keys, but one shape in every layer.)
+        shapes = {tuple(t.shape) for t in keys} | {tuple(t.shape)[:-1] for t in values}
+        value_shapes = {tuple(t.shape) for t in values}
+        kv_shape = tuple(meta.kv_shape)
+        if shapes != {kv_shape, kv_shape[:-1]} or len(value_shapes) != 1:
+            raise CacheDamagedError(
+                path, f"key/value shapes {sorted(shapes)} differ from {list(kv_shape)}", name
+            )
+        if any(tensors[k].dim() != 1 for k in ("token_ids", "positions", "last_logits")):
+            raise CacheDamagedError(path, "token_ids, positions and last_logits must be 1-D", name)
         cache = HomerCache(
             keys=keys,
             values=values,
@@ -492,6 +624,7 @@ def _cache_from_tensors(
             positions=tensors["positions"],
             last_logits=tensors["last_logits"],
             info=CacheInfo.from_dict(meta.info),
+            spans=tensors["spans"] if meta.spans else None,
         )
     except KeyError as exc:
         raise CacheDamagedError(path, f"missing tensor or field {exc}", name) from exc
@@ -579,7 +712,9 @@ def content_key(
     """The content address of a cache: what determines its tensors (hex, 32 chars)."""
     blob = json.dumps(
         {
-            "format_version": FORMAT_VERSION,
+            # Fixed at 1: format 2 only adds what citing needs, so a key names the same
+            # tensors as before (an older cache found by key is upgraded by `homer.ingest`).
+            "format_version": 1,
             "document": document_sha256,
             "model": model_fingerprint,
             "tokenizer": tokenizer_fingerprint,

@@ -45,7 +45,7 @@ from homer.errors import (
 )
 from homer.store import format as fmt
 from homer.store import fs
-from homer.store.format import META_FILE, TENSOR_FILE, CacheMeta, Provenance
+from homer.store.format import META_FILE, TENSOR_FILE, TEXT_FILE, CacheMeta, Provenance
 
 if TYPE_CHECKING:
     import torch
@@ -354,7 +354,9 @@ class Store:
             CacheDamagedError, CacheVersionError: its metadata is damaged or from a newer homer.
         """
         # The shared name lock waits out a replacement in progress (`save --force` renames the
-        # old cache out before the new one in), so a reader never sees the name missing.
+        # old cache out before the new one in), so a reader never sees the name missing; one
+        # whose writer was killed between the renames is put back first.
+        self._heal()
         with self._name_lock(name, exclusive=False):
             return self._read_record(name)
 
@@ -401,8 +403,17 @@ class Store:
             tmp = fs.work_dir(self.root)
             tensor_path = tmp / TENSOR_FILE
             fmt.write_tensors(cache, tensor_path)
+            text_path = None
+            if provenance.text is not None:
+                text_path = tmp / TEXT_FILE
+                fmt.write_text(provenance.text, text_path)
             meta = fmt.build_meta(
-                cache, provenance, name=name, created=_now(), tensor_path=tensor_path
+                cache,
+                provenance,
+                name=name,
+                created=_now(),
+                tensor_path=tensor_path,
+                text_path=text_path,
             )
             fs.write_durable(tmp / META_FILE, meta.to_json())
             tmp.chmod(0o755)
@@ -436,10 +447,12 @@ class Store:
             self._sweep()
             tmp = fs.work_dir(self.root)
             with self._name_lock(src, exclusive=False):
-                try:
-                    os.link(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
-                except OSError:  # another filesystem, or one without hard links
-                    shutil.copy2(record.path / TENSOR_FILE, tmp / TENSOR_FILE)
+                files = [TENSOR_FILE] + ([TEXT_FILE] if record.metadata.text else [])
+                for file in files:
+                    try:
+                        os.link(record.path / file, tmp / file)
+                    except OSError:  # another filesystem, or one without hard links
+                        shutil.copy2(record.path / file, tmp / file)
             meta = record.metadata.renamed(dst, _now())
             fs.write_durable(tmp / META_FILE, meta.to_json())
             tmp.chmod(0o755)
@@ -485,6 +498,12 @@ class Store:
                     os.replace(old, self.root / name)
                     logger.warning("restored cache %s after an interrupted replacement", name)
 
+    def _heal(self) -> None:
+        """`_restore_swapped` before reading one name; a store it cannot list is left to the
+        read itself to report."""
+        with contextlib.suppress(OSError):
+            self._restore_swapped()
+
     def _sweep(self) -> None:
         """Remove temp, trash and swap folders left by processes that no longer exist."""
         if not self.root.is_dir():
@@ -520,6 +539,7 @@ class Store:
             CacheVersionError: written by a newer homer.
             CacheDtypeError: `dtype` cannot hold its values.
         """
+        self._heal()  # a replacement killed between its renames: the old one is back
         with self._name_lock(name, exclusive=False):
             record = self._read_record(name)
             fmt.check_built_with(
@@ -537,6 +557,18 @@ class Store:
             cache = cache.to(device=device)
         return cache, record
 
+    def read_text(self, name: str) -> str | None:
+        """The document text saved with cache `name` (checksum verified), or None for a cache
+        saved without it.
+
+        Raises:
+            CacheNotFoundError: no such cache.
+            CacheDamagedError: the text file is damaged.
+        """
+        with self._name_lock(name, exclusive=False):
+            record = self._read_record(name)
+            return fmt.read_text(record.path, record.metadata, name)
+
     # ---------------------------------------------------------------- removing
 
     def remove(self, name: str) -> None:
@@ -545,6 +577,7 @@ class Store:
         A folder with damaged metadata can still be removed, so removing is always the fix.
         """
         folder = self._cache_dir(name)
+        self._heal()  # so `rm` and `show` agree on what exists
         if not folder.is_dir():
             raise CacheNotFoundError(name, self.names())
         with self._name_lock(name, exclusive=True, action=f"remove {name!r}"):

@@ -1,0 +1,347 @@
+"""Grounded answers: cite the passages an answer rests on, re-read them, say when it is not there.
+
+The cache is the map of the whole document; the question's attention over it
+(`ModelAdapter.attention_after`, read by `homer.evidence`) points at the few passages that
+matter. With `Grounding.reread`, their original text (from the text saved with the cache, a
+budget of tokens in all) is fed after the cache, before the question, at the positions after
+`last_position`: the model answers from the map plus the pages. With `Grounding.cite`, the
+question and the finished answer are fed once more to rank the passages the answer rests on.
+When no passage stands clearly above the rest (`homer.evidence.strength` under
+`Grounding.threshold`), the answer is flagged as not grounded in the document.
+
+The saved cache is never changed: every pass runs on a fresh copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from homer.adapter import ModelAdapter
+from homer.cache import HomerCache
+from homer.evidence import (
+    PASSAGE_CHARS,
+    Passage,
+    passage_scores,
+    split_passages,
+    strength,
+    token_evidence,
+    top_passages,
+    within_budget,
+)
+from homer.generation import GenerationStats, GenerationStream
+from homer.prompts import PromptTemplate, Turn, encode
+from homer.provenance import line_starts, locate
+
+#: Default strength under which an answer is called not grounded (`homer.evidence.strength`),
+#: chosen on held-out needles (docs/RESULTS.md, "Grounded answers").
+GROUNDED_THRESHOLD = 2.0
+#: Default budget of re-read text, in tokens.
+REREAD_TOKENS = 1536
+#: Whether questions re-read by default (`homer ask`, the server); a summary does not.
+REREAD_DEFAULT = True
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """How an answer reaches past the cache to the document's own text.
+
+    Attributes:
+        cite: passages to cite after the answer (0: none).
+        reread: re-read the passages the question points at before answering.
+        reread_tokens: budget of re-read text, in tokens (cut to what the window leaves).
+        check: judge whether the answer is grounded (one extra short pass when nothing else
+            needs it).
+        threshold: strength under which the answer is called not grounded.
+        passage_chars: about how long a passage is, in characters.
+    """
+
+    cite: int = 0
+    reread: bool = False
+    reread_tokens: int = REREAD_TOKENS
+    check: bool = True
+    threshold: float = GROUNDED_THRESHOLD
+    passage_chars: int = PASSAGE_CHARS
+
+    def __post_init__(self) -> None:
+        if self.cite < 0:
+            raise ValueError(f"cite must be >= 0, got {self.cite}")
+        if self.reread_tokens < 1:
+            raise ValueError(f"reread_tokens must be >= 1, got {self.reread_tokens}")
+        if self.passage_chars < 20:
+            raise ValueError(f"passage_chars must be >= 20, got {self.passage_chars}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cite or self.reread or self.check)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage an answer rests on.
+
+    Attributes:
+        start / end: `[start, end)` characters in the document.
+        score: its share of the attention (passages' scores sum to one).
+        text: the passage's text.
+        page: the PDF page it starts on, or None for text.
+        lines: first and last line (1-based) it spans in the document text.
+    """
+
+    start: int
+    end: int
+    score: float
+    text: str
+    page: int | None
+    lines: tuple[int, int]
+
+    @property
+    def where(self) -> str:
+        """`p. 12, lines 340-352`, or `lines 340-352` for text."""
+        first, last = self.lines
+        lines = f"line {first}" if first == last else f"lines {first}-{last}"
+        return lines if self.page is None else f"p. {self.page}, {lines}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Citation:
+        first, last = data["lines"]
+        return cls(
+            start=int(data["start"]),
+            end=int(data["end"]),
+            score=float(data["score"]),
+            text=str(data["text"]),
+            page=None if data.get("page") is None else int(data["page"]),
+            lines=(int(first), int(last)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "lines": list(self.lines),
+            "start": self.start,
+            "end": self.end,
+            "score": round(self.score, 4),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    """The document's text as saved with a cache, and how to name a place in it."""
+
+    text: str
+    page_map: tuple[int, ...] = ()
+    _lines: list[int] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_lines", line_starts(self.text))
+
+    def citation(self, passage: Passage) -> Citation:
+        last = max(passage.start, passage.end - 1)
+        return Citation(
+            start=passage.start,
+            end=passage.end,
+            score=passage.score,
+            text=self.text[passage.start : passage.end].strip(),
+            page=locate(passage.start, list(self.page_map)) if self.page_map else None,
+            lines=(locate(passage.start, self._lines), locate(last, self._lines)),
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the question's attention says: the passages best first, how clearly the best
+    stands out, and whether that counts as grounded."""
+
+    passages: list[Passage]
+    strength: float
+    grounded: bool
+
+
+def rank_passages(
+    model: Any,
+    tokenizer: Any,
+    cache: HomerCache,
+    document: DocumentView,
+    fed_text: str,
+    *,
+    passage_chars: int = PASSAGE_CHARS,
+    threshold: float = GROUNDED_THRESHOLD,
+) -> Evidence:
+    """Rank the document's passages by the attention `fed_text`, fed after the cache, pays to
+    the kept tokens inside each.
+
+    Raises:
+        ValueError: the cache has no spans (it cannot cite).
+    """
+    if cache.spans is None:
+        raise ValueError("this cache keeps no spans, so it cannot cite")
+    adapter = ModelAdapter(model)
+    placed = cache.placed(adapter.layer_devices(), adapter.dtype)
+    attentions = adapter.attention_after(
+        placed.to_dynamic_cache(), encode(tokenizer, fed_text), cache.last_position + 1
+    )
+    spans = cache.spans.clamp(max=len(document.text))
+    evidence = token_evidence(attentions, spans[:, 0] >= 0)
+    bounds = split_passages(document.text, passage_chars)
+    scores = passage_scores(evidence, spans, bounds)
+    power = strength(scores)
+    return Evidence(
+        passages=top_passages(scores, bounds, len(bounds)),
+        strength=power,
+        grounded=power >= threshold,
+    )
+
+
+REREAD_HEAD = "\n\nPassages of the document, re-read in full:\n"
+#: Fewest tokens of a passage worth re-reading when none fits whole.
+_MIN_PIECE = 16
+
+
+def reread_text(
+    tokenizer: Any, document: DocumentView, passages: Sequence[Passage], budget: int
+) -> str:
+    """The best `passages` that fit `budget` tokens, in document order, labelled with where
+    they are, as text to feed before the question ('' when none fits)."""
+    pieces = [document.text[p.start : p.end].strip() for p in passages]
+    labels = [document.citation(p).where for p in passages]
+    blocks = [f"\n[{label}] {piece}\n" for label, piece in zip(labels, pieces, strict=True)]
+    lengths = [len(encode(tokenizer, block)) for block in blocks]
+    head = len(encode(tokenizer, REREAD_HEAD))
+    chosen = within_budget(passages, lengths, budget - head)
+    if not chosen:
+        # Not even the best passage fits whole (a small window): its opening, as much as fits.
+        room = budget - head - len(encode(tokenizer, f"\n[{labels[0]}] \n"))
+        if not passages or room < _MIN_PIECE:
+            return ""
+        ids = encode(tokenizer, pieces[0])[:room]
+        return REREAD_HEAD + f"\n[{labels[0]}] {tokenizer.decode(ids)}\n"
+    by_start = {p.start: block for p, block in zip(passages, blocks, strict=True)}
+    return REREAD_HEAD + "".join(by_start[p.start] for p in chosen)
+
+
+class GroundedStream:
+    """An answer with its grounding: iterate for text; once exhausted, `evidence` (the
+    question's), `citations` and `grounded` are set, and `stats` and `text` as for a
+    `GenerationStream`.
+
+    Args:
+        document: the text saved with the cache, or None for a cache that cannot cite (then
+            the answer is plain and `unavailable` says why).
+        generation: keyword arguments for `GenerationStream` (sampling, stop strings).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache: HomerCache,
+        question: str,
+        grounding: Grounding,
+        document: DocumentView | None,
+        *,
+        history: Sequence[Turn] = (),
+        generation: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.question = question
+        self.grounding = grounding
+        self.history = tuple(history)
+        self.evidence: Evidence | None = None
+        self.citations: list[Citation] = []
+        self.reread: str = ""
+        self.grounding_seconds = 0.0
+        self.unavailable: str | None = None
+        if document is None or cache.spans is None:
+            self.unavailable = "the cache keeps no sources (saved before homer could cite)"
+            document = None
+        self.document = document
+        template = PromptTemplate.for_tokenizer(tokenizer)
+        self._fed = template.conversation(self.history, question)
+        options = dict(generation or {})
+        if document is not None and (grounding.reread or grounding.check):
+            began = time.perf_counter()
+            self.evidence = rank_passages(
+                model,
+                tokenizer,
+                cache,
+                document,
+                self._fed,
+                passage_chars=grounding.passage_chars,
+                threshold=grounding.threshold,
+            )
+            if grounding.reread:
+                self.reread = self._reread_text(options)
+            self.grounding_seconds += time.perf_counter() - began
+        self._stream = GenerationStream(
+            model, tokenizer, cache, question, history=self.history, evidence=self.reread, **options
+        )
+
+    def _reread_text(self, options: dict[str, Any]) -> str:
+        assert self.evidence is not None and self.document is not None
+        window = ModelAdapter(self.model).window
+        used = self.cache.last_position + 1 + len(encode(self.tokenizer, self._fed))
+        room = window - used - int(options.get("max_new_tokens", 64))  # the answer's room
+        budget = min(self.grounding.reread_tokens, room)
+        if budget <= 0:
+            return ""
+        return reread_text(self.tokenizer, self.document, self.evidence.passages[:32], budget)
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self._stream.stats
+
+    @property
+    def text(self) -> str:
+        return self._stream.text
+
+    @property
+    def grounded(self) -> bool | None:
+        """Whether the question's best passage stands out (None when not judged)."""
+        return None if self.evidence is None else self.evidence.grounded
+
+    def report(self) -> dict[str, Any]:
+        """What the grounding found, as JSON-able fields: `grounded` and `evidence` (None when
+        not judged), whether passages were `reread`, the `citations`, and
+        `grounding_unavailable` when the cache cannot cite."""
+        evidence = self.evidence
+        fields: dict[str, Any] = {
+            "grounded": None if evidence is None else evidence.grounded,
+            "evidence": None if evidence is None else round(evidence.strength, 3),
+            "reread": bool(self.reread),
+            "citations": [c.to_dict() for c in self.citations],
+        }
+        if self.unavailable:
+            fields["grounding_unavailable"] = self.unavailable
+        return fields
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stream.cancelled
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._stream
+        if self.document is None or not self.grounding.cite or self.cancelled:
+            return
+        began = time.perf_counter()
+        with torch.inference_mode():
+            cited = rank_passages(
+                self.model,
+                self.tokenizer,
+                self.cache,
+                self.document,
+                self._fed + self._stream.text,
+                passage_chars=self.grounding.passage_chars,
+                threshold=self.grounding.threshold,
+            )
+        self.citations = [self.document.citation(p) for p in cited.passages[: self.grounding.cite]]
+        self.grounding_seconds += time.perf_counter() - began
