@@ -12,21 +12,30 @@ bytes is still worth reading. UTF-16 (with or without a byte-order mark) is refu
 once at the end, so reading a file of N bytes peaks near 2N bytes of memory (the blocks, then the
 joined text), never several copies.
 
+What is read is bounded (`ReadLimits`: bytes, PDF pages, estimated tokens), each checked as early
+as it can be: a file's size before reading it, stdin block by block as it arrives, a PDF's page
+count before any page is extracted, the token estimate before any model work. Exceeding one is a
+`DocumentTooLargeError` naming the limit. The defaults can be raised through `HOMER_MAX_BYTES`,
+`HOMER_MAX_PAGES` and `HOMER_MAX_TOKENS` (0: no limit), or by passing `ReadLimits`.
+
 This module knows nothing about tokenizers, models or caches.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import io
 import logging
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from homer.errors import DocumentError
+from homer.errors import DocumentError, DocumentTooLargeError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,71 @@ _PDF_MAGIC = b"%PDF-"
 # Control bytes that never appear in text files (tab, newline, CR, FF, ESC excluded).
 _BINARY_BYTES = bytes(range(0, 8)) + bytes(range(14, 27)) + bytes(range(28, 32))
 _BINARY_SHARE = 0.10  # more than this share of control bytes in the first block: binary
+
+#: Default reading limits. 64 MiB of text is about 16 million tokens, which a fast tokenizer needs
+#: some 10 GB to hold (docs/RELIABILITY.md); 4 million tokens is already a long library shelf.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PAGES = 10_000
+DEFAULT_MAX_TOKENS = 4_000_000
+#: The environment variables that set `ReadLimits.from_env`.
+LIMIT_ENV = {
+    "max_bytes": "HOMER_MAX_BYTES",
+    "max_pages": "HOMER_MAX_PAGES",
+    "max_tokens": "HOMER_MAX_TOKENS",
+}
+# Pre-tokens of a byte-level BPE (a word, or one punctuation mark): each is at least one token.
+_PRE_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much of a document is read at most; 0 means no limit.
+
+    Attributes:
+        max_bytes: bytes of the file or of stdin (a PDF's file size included).
+        max_pages: pages of a PDF, checked before any page is extracted.
+        max_tokens: tokens, estimated from the text before any model work (`estimate_tokens`).
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        for name in LIMIT_ENV:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: no limit), got {value!r}")
+
+    @classmethod
+    def from_env(cls, **given: int | None) -> ReadLimits:
+        """The limits `given` (None: not given), else `HOMER_MAX_BYTES` / `HOMER_MAX_PAGES` /
+        `HOMER_MAX_TOKENS`, else the defaults.
+
+        Raises:
+            ValueError: a variable is set to something other than a whole number >= 0.
+        """
+        values: dict[str, int] = {}
+        for name, variable in LIMIT_ENV.items():
+            value = given.get(name)
+            if value is None and os.environ.get(variable, "").strip():
+                text = os.environ[variable].strip().replace("_", "")
+                if not text.isdigit():
+                    raise ValueError(f"{variable} must be a whole number >= 0, got {text!r}")
+                value = int(text)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def estimate_tokens(text: str) -> int:
+    """A fast lower bound of `text`'s token count for a byte-level BPE tokenizer: its words
+    and punctuation marks (each is at least one token), counted 1 MiB at a time."""
+    count = 0
+    for start in range(0, len(text), _BLOCK):
+        # A word cut at a block edge counts twice: off by at most one per MiB.
+        count += len(_PRE_TOKEN.findall(text, start, start + _BLOCK))
+    return count
 
 
 @dataclass(frozen=True)
@@ -75,19 +149,45 @@ class Document:
         return page + 1
 
 
-def load_document(path_or_dash: str | Path, *, password: str | None = None) -> Document:
+def load_document(
+    path_or_dash: str | Path, *, password: str | None = None, limits: ReadLimits | None = None
+) -> Document:
     """Read a PDF, a text/markdown file, or stdin (`"-"`) into a `Document`.
 
     PDFs are recognised by their `%PDF-` signature (so a PDF piped through stdin works too).
 
+    Args:
+        limits: how much is read at most; None: `ReadLimits.from_env()`.
+
     Raises:
+        DocumentTooLargeError: over one of `limits`.
         DocumentError: missing, a directory, unreadable, empty, whitespace only, binary, a corrupt
             or encrypted PDF without the right password, or a PDF with no extractable text.
     """
+    limits = limits if limits is not None else ReadLimits.from_env()
+    document = _load(path_or_dash, password, limits)
+    if limits.max_tokens:
+        tokens = estimate_tokens(document.text)
+        if tokens > limits.max_tokens:
+            raise DocumentTooLargeError(
+                document.source, "tokens", limits.max_tokens, f"at least {tokens:,} tokens"
+            )
+    return document
+
+
+def _load(path_or_dash: str | Path, password: str | None, limits: ReadLimits) -> Document:
     if str(path_or_dash) == "-":
-        return _load_stdin(password)
+        return _load_stdin(password, limits)
     path = Path(path_or_dash).expanduser()
     name = str(path_or_dash)
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DocumentError(f"{name}: a loop of symbolic links; point it at a file") from exc
+        if path.is_symlink():
+            missing = f"{name}: no such file (a symbolic link to a missing file)"
+            raise DocumentError(missing) from exc
     if not path.exists():
         raise DocumentError(f"{name}: no such file")
     if path.is_dir():
@@ -96,13 +196,16 @@ def load_document(path_or_dash: str | Path, *, password: str | None = None) -> D
         raise DocumentError(f"{name}: not a regular file")
     try:
         with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if limits.max_bytes and size > limits.max_bytes:
+                raise DocumentTooLargeError(path.name, "bytes", limits.max_bytes, f"{size:,} bytes")
             head = fh.read(len(_PDF_MAGIC))
             fh.seek(0)
             if head == _PDF_MAGIC:
-                return _load_pdf(fh, path.name, password)
+                return _load_pdf(fh, path.name, password, limits)
             if path.suffix.lower() == ".pdf":
                 raise DocumentError(f"{name}: has a .pdf name but is not a PDF (no %PDF- header)")
-            return _load_text(fh, path.name)
+            return _load_text(fh, path.name, limits)
     except PermissionError as exc:
         raise DocumentError(f"{name}: permission denied; check the file's permissions") from exc
     except IsADirectoryError as exc:
@@ -111,7 +214,7 @@ def load_document(path_or_dash: str | Path, *, password: str | None = None) -> D
         raise DocumentError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
 
 
-def _load_stdin(password: str | None) -> Document:
+def _load_stdin(password: str | None, limits: ReadLimits) -> Document:
     stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
     if stream is None:  # a text-only stdin (some test harnesses): encode what it gives
         data = sys.stdin.read().encode("utf-8")
@@ -120,15 +223,28 @@ def _load_stdin(password: str | None) -> Document:
         logger.warning("reading the document from the terminal; end it with Ctrl-D")
     head = stream.peek(len(_PDF_MAGIC))[: len(_PDF_MAGIC)] if hasattr(stream, "peek") else b""
     if head == _PDF_MAGIC or not hasattr(stream, "peek"):
-        data = stream.read()
-        buffer = io.BytesIO(data)
-        if data.startswith(_PDF_MAGIC):
-            return _load_pdf(buffer, "stdin", password)
-        return _load_text(buffer, "stdin")
-    return _load_text(stream, "stdin")
+        buffer = io.BytesIO(_read_bounded(stream, "stdin", limits))
+        if buffer.getvalue().startswith(_PDF_MAGIC):
+            return _load_pdf(buffer, "stdin", password, limits)
+        return _load_text(buffer, "stdin", limits)
+    return _load_text(stream, "stdin", limits)
 
 
-def _load_text(fh: BinaryIO, source: str) -> Document:
+def _read_bounded(stream: BinaryIO, source: str, limits: ReadLimits) -> bytes:
+    """All of `stream`, read a block at a time, refused as soon as it passes `max_bytes`."""
+    parts: list[bytes] = []
+    total = 0
+    while block := stream.read(_BLOCK):
+        total += len(block)
+        if limits.max_bytes and total > limits.max_bytes:
+            raise DocumentTooLargeError(
+                source, "bytes", limits.max_bytes, f"more than {limits.max_bytes:,} bytes"
+            )
+        parts.append(block)
+    return b"".join(parts)
+
+
+def _load_text(fh: BinaryIO, source: str, limits: ReadLimits) -> Document:
     """Decode `fh` as UTF-8 in blocks, replacing undecodable bytes (with a warning)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     digest = hashlib.sha256()
@@ -136,8 +252,14 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
     replaced = 0
     first = True
     has_text = False
+    total = 0
     while True:
         block = fh.read(_BLOCK)
+        total += len(block)
+        if limits.max_bytes and total > limits.max_bytes:  # stdin has no size to check first
+            raise DocumentTooLargeError(
+                source, "bytes", limits.max_bytes, f"more than {limits.max_bytes:,} bytes"
+            )
         if first:
             first = False
             if block.startswith(codecs.BOM_UTF8):
@@ -157,6 +279,11 @@ def _load_text(fh: BinaryIO, source: str) -> Document:
                     f"{source}: looks like a binary file, not text; homer reads PDF, text and "
                     "markdown"
                 )
+        if b"\x00" in block:  # past the sample `_looks_binary` saw; text never holds NUL
+            raise DocumentError(
+                f"{source}: holds NUL bytes (at byte {total - len(block) + block.index(0):,}), "
+                "so it is a binary file, not text; homer reads PDF, text and markdown"
+            )
         final = not block
         text = decoder.decode(block, final=final)
         if text:
@@ -205,7 +332,7 @@ def _looks_binary(block: bytes) -> bool:
     return control / len(sample) > _BINARY_SHARE
 
 
-def _load_pdf(fh: BinaryIO, source: str, password: str | None) -> Document:
+def _load_pdf(fh: BinaryIO, source: str, password: str | None, limits: ReadLimits) -> Document:
     """Extract the text of every page; a page that cannot be decoded is skipped with a warning."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
@@ -223,7 +350,14 @@ def _load_pdf(fh: BinaryIO, source: str, password: str | None) -> Document:
                 raise DocumentError(
                     f"{source}: wrong password for the encrypted PDF; check --password"
                 )
+        # The page count the PDF claims is read without extracting anything; a page tree that
+        # holds more pages than it claims is cut at the limit when flattened.
+        claimed = len(reader.pages)
+        if limits.max_pages and claimed > limits.max_pages:
+            raise DocumentTooLargeError(source, "pages", limits.max_pages, f"{claimed:,} pages")
         pages = list(reader.pages)
+        if limits.max_pages and len(pages) > limits.max_pages:
+            raise DocumentTooLargeError(source, "pages", limits.max_pages, f"{len(pages):,} pages")
     except DocumentError:
         raise
     except DependencyError as exc:

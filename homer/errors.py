@@ -25,6 +25,22 @@ class DocumentError(HomerError):
     """The input document cannot be read or holds no usable text."""
 
 
+class DocumentTooLargeError(DocumentError):
+    """The document is larger than a reading limit (`homer.documents.ReadLimits`).
+
+    Attributes:
+        source: the document's display name.
+        measure: `"bytes"`, `"pages"` or `"tokens"`.
+        limit: the limit in that measure.
+    """
+
+    def __init__(self, source: str, measure: str, limit: int, found: str) -> None:
+        super().__init__(f"{source}: {found}, over the limit of {limit:,} {measure}")
+        self.source = source
+        self.measure = measure
+        self.limit = limit
+
+
 class CacheError(HomerError):
     """A saved cache is missing, damaged, or belongs to another model or setting."""
 

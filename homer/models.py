@@ -105,9 +105,15 @@ def resolve_device(device: str | None) -> str:
             f"device {device!r} requested but CUDA is not available; use --device cpu"
         )
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except (RuntimeError, ValueError) as exc:
         raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(
+            f"device {device!r} requested but MPS (Apple GPU) is not available; use --device cpu"
+        )
+    if kind not in ("cpu", "cuda", "mps"):  # meta holds no data; xpu, hpu... were never tried
+        raise ModelLoadError(f"device {device!r} cannot run homer: use cpu, cuda, cuda:N or auto")
     return device
 
 

@@ -32,10 +32,19 @@ from homer.errors import (
     CacheNotFoundError,
     CacheUnreadableError,
     CacheVersionError,
+    DocumentTooLargeError,
     HomerError,
     StoreAccessError,
 )
 from homer.service import StoreEmptyError
+from homer_cli.terminal import printable
+
+#: Each reading limit's `homer ingest` flag and environment variable (`homer.documents`).
+LIMIT_FLAGS = {
+    "bytes": ("--max-bytes", "HOMER_MAX_BYTES"),
+    "pages": ("--max-pages", "HOMER_MAX_PAGES"),
+    "tokens": ("--max-doc-tokens", "HOMER_MAX_TOKENS"),
+}
 
 #: Exit codes.
 EXIT_USER_ERROR = 1
@@ -49,7 +58,7 @@ def debug_enabled() -> bool:
 
 def say(message: str) -> None:
     """One line on stderr, prefixed `homer: `."""
-    sys.stderr.write(f"homer: {message}\n")
+    sys.stderr.write(f"homer: {printable(message)}\n")  # a name in it is shown, never obeyed
     sys.stderr.flush()
 
 
@@ -66,13 +75,33 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def _is_host_memory(exc: BaseException | None) -> bool:
+    """Python's MemoryError or the CPU allocator's refusal (not a CUDA out-of-memory)."""
+    if exc is None:
+        return False
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "can't allocate memory" in text and "cuda" not in text
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     return first or type(exc).__name__
 
 
-def _memory_advice(max_chunk_option: bool, hint_max_chunk: int | None) -> str:
+def _memory_advice(
+    max_chunk_option: bool, hint_max_chunk: int | None, exc: BaseException | None = None
+) -> str:
+    if _is_host_memory(exc):
+        # The machine's RAM, not a GPU's: the document (or what is read at once) is too big.
+        chunk = f" (now {hint_max_chunk})" if hint_max_chunk else ""
+        fix = f", or lower --max-chunk{chunk}" if max_chunk_option else ""
+        return (
+            "out of memory on this machine (RAM): close other programs or use a smaller "
+            f"document (ingest limits it with --max-bytes / --max-doc-tokens){fix}"
+        )
     if max_chunk_option:
         now = f" (now {hint_max_chunk})" if hint_max_chunk else " (default: half the window)"
         return f"out of memory: lower --max-chunk{now}, or use --dtype bfloat16 / a smaller model"
@@ -117,6 +146,9 @@ def describe(exc: HomerError) -> str:
         return f"{text}; choose another --name, or pass --force to replace it"
     if isinstance(exc, CacheDtypeError):
         return f"{text}; ask with --dtype {exc.saved}"
+    if isinstance(exc, DocumentTooLargeError):
+        flag, variable = LIMIT_FLAGS.get(exc.measure, ("--max-bytes", "HOMER_MAX_BYTES"))
+        return f"{text}; raise it with {flag} N or {variable}=N (0: no limit)"
     if isinstance(exc, StoreAccessError):
         if exc.no_space:
             return f"{text}; free some space"
@@ -188,7 +220,7 @@ def user_errors(
         if debug_enabled():
             raise
         if _is_out_of_memory(exc):
-            say(_memory_advice(max_chunk_option, hint_max_chunk))
+            say(_memory_advice(max_chunk_option, hint_max_chunk, exc))
             raise typer.Exit(EXIT_USER_ERROR) from None
         if isinstance(exc, StoreEmptyError):
             say("no saved caches yet; run `homer ingest FILE` first")

@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 
+from homer_cli import ready_for_interrupts
 from homer_cli.chat import chat as chat_command
 from homer_cli.errors import AdviceFilter, debug_enabled, say, user_errors
+from homer_cli.limits import MaxBytesOpt, MaxDocTokensOpt, MaxPagesOpt, read_limits_env
 from homer_cli.serve import serve as serve_command
+from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable
 
 if TYPE_CHECKING:
     from homer.service import LoadedModel
@@ -73,6 +76,7 @@ def _root(
     ] = False,
 ) -> None:
     """Read documents far longer than your LLM's context window."""
+    ready_for_interrupts()  # from here on, Ctrl-C is `homer: interrupted` via user_errors
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -180,7 +184,7 @@ MaxChunkOpt = Annotated[
 def _setup_logging() -> None:
     """homer's own warnings as one `homer: ` line each on stderr (all levels with HOMER_DEBUG)."""
     handler = logging.StreamHandler()  # resolves sys.stderr now (CliRunner swaps it)
-    handler.setFormatter(logging.Formatter("homer: %(message)s"))
+    handler.setFormatter(SafeFormatter("homer: %(message)s"))  # names shown, never obeyed
     handler.addFilter(AdviceFilter())  # a skipped cache's warning says how to fix it
     root = logging.getLogger("homer")
     root.handlers[:] = [handler]
@@ -242,9 +246,9 @@ def _load_model(
         from rich.console import Console
 
         resolved = resolve_model_name(name)
-        message = f"loading {resolved}…"
+        message = f"loading {markup_safe(resolved)}…"
         if conversion_pending(resolved):
-            message = f"converting {resolved} to safetensors (once; a minute or more)…"
+            message = f"converting {markup_safe(resolved)} to safetensors (once; a minute or more)…"
         console = Console(stderr=True)
         with console.status(message):
             return load_model(choice)
@@ -310,6 +314,7 @@ class _ProgressBars:
 
 @app.command()
 def ingest(
+    context: typer.Context,
     paths: Annotated[
         list[str],
         typer.Argument(
@@ -355,6 +360,9 @@ def ingest(
     as_json: Annotated[
         bool, typer.Option("--json", help="With several documents: print the results as JSON.")
     ] = False,
+    max_bytes: MaxBytesOpt = None,
+    max_pages: MaxPagesOpt = None,
+    max_doc_tokens: MaxDocTokensOpt = None,
 ) -> None:
     """Compress a document into a saved cache and print the cache's name.
 
@@ -377,6 +385,8 @@ def ingest(
     ```
     """
     several = len(paths) != 1 or (paths[0] != "-" and Path(paths[0]).is_dir())
+    with user_errors():
+        read_limits = read_limits_env(context, max_bytes, max_pages, max_doc_tokens)
     if several:
         with user_errors(hint_max_chunk=max_chunk, max_chunk_option=True):
             for option, value in (("--name", name), ("--focus", focus), ("--password", password)):
@@ -411,7 +421,7 @@ def ingest(
         _setup_runtime()
         from homer.documents import load_document
 
-        document = load_document(path, password=password)
+        document = load_document(path, password=password, limits=read_limits())
         loaded = _load_model(model, device, dtype, trust_remote_code)
 
         from homer.service import CacheExistsError
@@ -476,7 +486,8 @@ class _LibraryBars:
         self.bars.__exit__(*exc)
 
     def start(self, position: int, total: int, path: Path) -> None:
-        self.bars.progress.update(self.documents, description=f"documents ({path.name})")
+        label = f"documents ({markup_safe(path.name)})"
+        self.bars.progress.update(self.documents, description=label)
         for task in self.bars.tasks.values():
             self.bars.progress.reset(task)
 
@@ -563,9 +574,7 @@ def _print_library_results(rows: list[dict[str, Any]], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _plain(text: str) -> str:
-    """`text` with control characters shown as escapes, safe to print to a terminal."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+_plain = printable  # `text` with control characters shown as escapes (homer_cli.terminal)
 
 
 def _ingest_summary(record: Any, seconds: float) -> str:
@@ -906,7 +915,7 @@ def list_caches(
                 }
                 for r in records
             ]
-            typer.echo(json.dumps(rows, ensure_ascii=False))
+            typer.echo(json_text(rows))
             return
         if not records:
             say("no saved caches yet; run `homer ingest FILE` first")
@@ -920,15 +929,16 @@ def list_caches(
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for r in records:
             table.add_row(
-                r.name,
-                r.source,
-                _short_model(r.model_id),
+                printable(r.name),
+                printable(r.source),
+                printable(_short_model(r.model_id)),
                 f"{r.document_tokens:,}",
                 f"{r.cache_tokens:,}",
                 _human_bytes(r.size_bytes),
                 r.created.replace("T", " ").removesuffix("+00:00"),
             )
-        Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
+        width = None if sys.stdout.isatty() else 160
+        Console(file=sys.stdout, width=width, markup=False, highlight=False).print(table)
 
 
 def _short_model(model_id: str) -> str:
@@ -960,7 +970,7 @@ def show(
         meta = dict(record.meta)
         meta["path"] = str(record.path)
         meta["size_bytes"] = record.size_bytes
-        typer.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+        typer.echo(json_text(meta, indent=2))
 
 
 @app.command()

@@ -28,9 +28,9 @@ def status_mb(field):
         for line in fh:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-from homer.documents import load_document
+from homer.documents import ReadLimits, load_document
 before = status_mb("VmRSS")
-doc = load_document(sys.argv[1])
+doc = load_document(sys.argv[1], limits=ReadLimits(max_bytes=0, max_tokens=0))  # over defaults
 peak = status_mb("VmHWM")
 print(json.dumps({"before": before, "peak": peak, "chars": len(doc.text), "sha": doc.sha256}))
 """
