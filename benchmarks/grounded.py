@@ -49,35 +49,6 @@ from benchmarks.report import markdown_table, read_result, show, write_result
 NEW_TOKENS = 24
 
 
-def _variants(
-    attentions: list[torch.Tensor], spans: torch.Tensor, bounds: list[tuple[int, int]]
-) -> dict[str, torch.Tensor]:
-    """Passage scores under each aggregation variant (the first is homer's default)."""
-    from homer.evidence import passage_scores, token_evidence
-
-    document = spans[:, 0] >= 0
-    half = len(attentions) // 2
-    last = [a[:, -1:, :] for a in attentions]
-    out = {
-        "default": passage_scores(token_evidence(attentions, document), spans, bounds),
-        "upper-half": passage_scores(
-            token_evidence(attentions, document, slice(half, None)), spans, bounds
-        ),
-        "lower-half": passage_scores(
-            token_evidence(attentions, document, slice(None, half)), spans, bounds
-        ),
-        "last-token": passage_scores(token_evidence(last, document), spans, bounds),
-    }
-    evidence = token_evidence(attentions, document)
-    starts = torch.tensor([s for s, _ in bounds])
-    inside = spans[:, 0] >= 0
-    index = torch.bucketize(spans[inside, 0], starts, right=True) - 1
-    peak = torch.zeros(len(bounds))
-    peak.scatter_reduce_(0, index.clamp(0, len(bounds) - 1), evidence[inside], reduce="amax")
-    out["max"] = peak
-    return out
-
-
 def _rank(scores: torch.Tensor, bounds: list[tuple[int, int]], lo: int, hi: int) -> int:
     """1-based rank of the best passage overlapping `[lo, hi)` (0 if none)."""
     order = sorted(range(len(bounds)), key=lambda i: (-float(scores[i]), i))
@@ -120,23 +91,24 @@ def main() -> None:
         return
 
     from homer import HomerConfig, compress, generate
-    from homer.adapter import ModelAdapter
     from homer.evidence import split_passages, strength
-    from homer.grounding import DocumentView, GroundedStream, Grounding
+    from homer.grounding import (
+        BASELINE_QUESTION,
+        DocumentView,
+        GroundedStream,
+        Grounding,
+        rank_passages,
+    )
     from homer.prompts import PromptTemplate, encode
     from homer.tree import SubtreeMemo
 
     model, tokenizer = load()
-    adapter = ModelAdapter(model)
     template = PromptTemplate.for_tokenizer(tokenizer)
+    baseline = template.conversation((), BASELINE_QUESTION)
     parts = prose_parts(args.prose)
     prose = joined_parts(parts)
     baselines = _paired_baselines(args.pair, args.prose, args.seed)
     records: list[dict[str, Any]] = []
-
-    def attend(cache: Any, fed: str) -> list[torch.Tensor]:
-        past = cache.to_dynamic_cache()
-        return adapter.attention_after(past, encode(tokenizer, fed), cache.last_position + 1)
 
     for length in args.lengths:
         hay = haystack(tokenizer, prose, length)
@@ -168,30 +140,35 @@ def main() -> None:
                 "compress_s": round(compress_s, 2),
                 "survived": needle.key in str(tokenizer.decode(cache.token_ids)),
             }
+            view = DocumentView(text)
+
+            def ranked(fed: str, words: str, cache: Any = cache, view: Any = view) -> Any:
+                return rank_passages(
+                    model, tokenizer, cache, view, fed, words=words, baseline_text=baseline
+                )
+
             fed = template.conversation((), needle.question)
             began = time.perf_counter()
-            scores = _variants(attend(cache, fed), cache.spans, bounds)
+            found = ranked(fed, needle.question)
             record["rank_s"] = round(time.perf_counter() - began, 3)
-            record["rank"] = {k: _rank(v, bounds, lo, hi) for k, v in scores.items()}
-            record["strength"] = strength(scores["default"])
-            absent_scores = _variants(
-                attend(cache, template.conversation((), absent.question)), cache.spans, bounds
-            )
-            record["absent_strength"] = strength(absent_scores["default"])
+            record["rank"] = {k: _rank(v, bounds, lo, hi) for k, v in found.scores.items()}
+            record["strength"] = {k: strength(v) for k, v in found.scores.items()}
+            missing = ranked(template.conversation((), absent.question), absent.question)
+            record["absent_strength"] = {k: strength(v) for k, v in missing.scores.items()}
             if not args.no_answer:
                 plain = generate(
                     model, tokenizer, cache, needle.question, max_new_tokens=NEW_TOKENS
                 )
                 reply = "".join(plain)
-                cited = _variants(attend(cache, fed + reply), cache.spans, bounds)
-                record["cite_rank"] = _rank(cited["default"], bounds, lo, hi)
+                cited = ranked(fed + reply, f"{needle.question} {reply}")
+                record["cite_rank"] = {k: _rank(v, bounds, lo, hi) for k, v in cited.scores.items()}
                 grounded = GroundedStream(
                     model,
                     tokenizer,
                     cache,
                     needle.question,
                     Grounding(reread=True),
-                    DocumentView(text),
+                    view,
                     generation={"max_new_tokens": NEW_TOKENS},
                 )
                 reread = "".join(grounded)
@@ -211,13 +188,18 @@ def main() -> None:
             records.append(record)
             print(
                 f"{args.prose:6s} {length:6d} d={depth:.2f} {needle.key!r:16s} "
-                f"rank={record['rank']} s={record['strength']:.2f}/{record['absent_strength']:.2f} "
+                f"rank={record['rank']} s={_short(record['strength'])}/"
+                f"{_short(record['absent_strength'])} "
                 f"plain={record.get('correct')} reread={record.get('reread_correct')} "
                 f"{record.get('reread_answer', '')!r}",
                 flush=True,
             )
             write_result(args.name, {"records": records})
     show(combined_table(records))
+
+
+def _short(values: dict[str, float]) -> str:
+    return ",".join(f"{v:.1f}" for v in values.values())
 
 
 def _paired_baselines(
@@ -237,8 +219,9 @@ def _paired_baselines(
 
 
 def combined_table(records: list[dict[str, Any]], threshold: float | None = None) -> str:
-    """Hit rates, answer rates and "not in the document" precision/recall per haystack and
-    length (95% Wilson intervals)."""
+    """Per haystack and length: how often the needle's passage is the top-1 / top-3 passage
+    under each ranking, answer rates with and without re-reading against the paired plain
+    baselines, and "not in the document" precision and recall (95% Wilson intervals)."""
     from homer.grounding import GROUNDED_THRESHOLD
 
     cut = GROUNDED_THRESHOLD if threshold is None else threshold
@@ -249,45 +232,65 @@ def combined_table(records: list[dict[str, Any]], threshold: float | None = None
         lo, hi = wilson(right, total)
         return f"{right}/{total} ({100 * right / total:.0f}%, {100 * lo:.0f}–{100 * hi:.0f})"
 
+    def hits(rs: list[dict[str, Any]], field: str, method: str, k: int) -> str:
+        return pct(sum(0 < r[field][method] <= k for r in rs), len(rs))
+
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["prose"], r["length"]), []).append(r)
-    rows = []
+    citing, answering = [], []
     for (prose, length), rs in sorted(groups.items()):
-        n = len(rs)
+        label = f"{prose}, {length // 1000}k"
         answered_rs = [r for r in rs if "correct" in r]
-        paired = [r for r in answered_rs if "one-chunk" in r]
-        depth_paired = [r for r in answered_rs if "one-chunk-depth" in r]
-        flagged_absent = sum(r["absent_strength"] < cut for r in rs)
-        flagged_present = sum(r["strength"] < cut for r in rs)
-        flagged = flagged_absent + flagged_present
-        rows.append(
+        citing.append(
             [
-                f"{prose}, {length // 1000}k",
-                pct(sum(0 < r["rank"]["default"] <= 1 for r in rs), n),
-                pct(sum(0 < r["rank"]["default"] <= 3 for r in rs), n),
-                pct(sum(0 < r.get("cite_rank", 0) <= 3 for r in answered_rs), len(answered_rs)),
+                label,
+                hits(rs, "rank", "fused", 1),
+                hits(rs, "rank", "fused", 3),
+                hits(rs, "rank", "attention", 3),
+                hits(rs, "rank", "lexical", 3),
+                hits(answered_rs, "cite_rank", "fused", 3) if answered_rs else "",
+            ]
+        )
+        absent = sum(r["absent_strength"]["lexical"] < cut for r in rs)
+        present = sum(r["strength"]["lexical"] < cut for r in rs)
+        paired = [r for r in answered_rs if "one-chunk" in r]
+        at_depth = [r for r in answered_rs if "one-chunk-depth" in r]
+        answering.append(
+            [
+                label,
                 pct(sum(r["correct"] for r in answered_rs), len(answered_rs)),
                 pct(sum(r["reread_correct"] for r in answered_rs), len(answered_rs)),
                 pct(sum(r["one-chunk"] for r in paired), len(paired)),
-                pct(sum(r["one-chunk-depth"] for r in depth_paired), len(depth_paired)),
-                pct(flagged_absent, flagged) if flagged else "none flagged",
-                pct(flagged_absent, n),
+                pct(sum(r["one-chunk-depth"] for r in at_depth), len(at_depth)),
+                pct(absent, absent + present) if absent + present else "none flagged",
+                pct(absent, len(rs)),
             ]
         )
-    headers = [
-        "haystack",
-        "question cites needle: top-1",
-        "top-3",
-        "question + answer: top-3",
-        "HOMER default answers",
-        "with re-reading",
-        "plain, one chunk, centred",
-        "plain, one chunk, at depth",
-        f"'not in document' precision (strength < {cut})",
-        "recall",
-    ]
-    return markdown_table(headers, rows)
+    first = markdown_table(
+        [
+            "haystack",
+            "question cites the needle: top-1 (fused)",
+            "top-3 (fused)",
+            "top-3 (attention alone)",
+            "top-3 (words alone)",
+            "question + answer: top-3 (fused)",
+        ],
+        citing,
+    )
+    second = markdown_table(
+        [
+            "haystack",
+            "HOMER, default",
+            "HOMER + re-reading",
+            "plain, one chunk, centred",
+            "plain, one chunk, at depth",
+            f"'not in the document' precision (evidence < {cut})",
+            "recall",
+        ],
+        answering,
+    )
+    return first + "\n\n" + second
 
 
 if __name__ == "__main__":

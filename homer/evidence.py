@@ -4,13 +4,15 @@ A cache keeps a few thousand of the document's tokens, each with its character s
 (`homer.provenance`). A question fed after the cache attends to them; the attention it pays
 to each kept token, normalised over the document's tokens (the instruction around the document
 and the question's own tokens are left out, so attention sinks do not count), averaged over
-heads, layers and the question's tokens, is that token's evidence. A passage's evidence is the
-sum over the kept tokens inside it. The document is cut into passages of a few sentences at
-paragraph and sentence ends; a passage's score is read through its kept tokens only.
+heads, layers and the question's tokens, is that token's evidence. Most of it goes where any
+question's goes, so what a question about nothing in particular pays is taken off (`lift`).
+A passage's evidence is the sum over the kept tokens inside it: the document is cut into
+passages of a few sentences at paragraph and sentence ends, each read through its kept tokens.
+The model's ranking is fused (`fuse`) with a lexical one (BM25 of the question's words over the
+passages' text), which finds a rare name or number the small model's attention misses.
 
 How clearly one passage stands out is `strength`: the top passage's score over the mean of the
-next ones. A question whose answer is not in the document spreads its attention, and the top
-passage stands out less; below a threshold the answer is called ungrounded. No model here.
+next ones. Below a threshold the answer is called ungrounded. No model here.
 """
 
 from __future__ import annotations
@@ -110,6 +112,30 @@ def passage_scores(
     index = torch.bucketize(spans[inside, 0], starts, right=True) - 1
     scores.index_add_(0, index.clamp(0, len(bounds) - 1), evidence[inside].float())
     return scores
+
+
+def lift(question: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """`(T,)` evidence the question gives a token beyond what a question about nothing in
+    particular gives it: `max(0, question - baseline)`.
+
+    Much of a question's attention goes where any question's goes (the cache's first and last
+    tokens, frequent words); what is left is what this question looks for.
+    """
+    return (question - baseline).clamp_min(0.0)
+
+
+def fuse(*scores: torch.Tensor, k: float = 10.0) -> torch.Tensor:
+    """Reciprocal-rank fusion of several `(P,)` passage scores: each passage gets
+    `sum(1 / (k + rank))` over the rankings (rank 1 best; ties keep document order)."""
+    total = torch.zeros_like(scores[0], dtype=torch.float32)
+    for score in scores:
+        order = sorted(range(score.numel()), key=lambda i: (-float(score[i]), i))
+        ranks = torch.empty(score.numel(), dtype=torch.float32)
+        ranks[torch.tensor(order, dtype=torch.long)] = torch.arange(
+            1, score.numel() + 1, dtype=torch.float32
+        )
+        total += 1.0 / (k + ranks)
+    return total
 
 
 def top_passages(scores: torch.Tensor, bounds: Sequence[tuple[int, int]], k: int) -> list[Passage]:

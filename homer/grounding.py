@@ -58,6 +58,8 @@ class Grounding:
             needs it).
         threshold: strength under which the answer is called not grounded.
         passage_chars: about how long a passage is, in characters.
+        method: how passages are ranked (`RANKINGS`): the model's attention over the cache,
+            the question's words (BM25 over the passages' text), or both fused.
     """
 
     cite: int = 0
@@ -66,8 +68,11 @@ class Grounding:
     check: bool = True
     threshold: float = GROUNDED_THRESHOLD
     passage_chars: int = PASSAGE_CHARS
+    method: str = "fused"
 
     def __post_init__(self) -> None:
+        if self.method not in RANKINGS:
+            raise ValueError(f"method must be one of {', '.join(RANKINGS)}, got {self.method!r}")
         if self.cite < 0:
             raise ValueError(f"cite must be >= 0, got {self.cite}")
         if self.reread_tokens < 1:
@@ -154,12 +159,25 @@ class DocumentView:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the question's attention says: the passages best first, how clearly the best
-    stands out, and whether that counts as grounded."""
+    """What the question's attention (and words) say: the passages best first, how clearly
+    the best stands out, and whether that counts as grounded.
+
+    Attributes:
+        scores: per way of ranking (`"attention"`, `"lexical"`, `"fused"`), `(P,)` float32
+            scores of the passages in document order.
+        bounds: the passages' `[start, end)` characters.
+    """
 
     passages: list[Passage]
     strength: float
     grounded: bool
+    scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    bounds: list[tuple[int, int]] = field(default_factory=list, repr=False)
+
+
+#: What a question about nothing in particular asks: its attention is taken off a real
+#: question's (`homer.evidence.lift`).
+BASELINE_QUESTION = "What is this document about?"
 
 
 def rank_passages(
@@ -169,32 +187,64 @@ def rank_passages(
     document: DocumentView,
     fed_text: str,
     *,
+    words: str,
+    baseline_text: str,
     passage_chars: int = PASSAGE_CHARS,
     threshold: float = GROUNDED_THRESHOLD,
+    method: str = "fused",
 ) -> Evidence:
-    """Rank the document's passages by the attention `fed_text`, fed after the cache, pays to
-    the kept tokens inside each.
+    """Rank the document's passages for a question.
+
+    Args:
+        fed_text: what is fed after the cache (the question in its template, and for a
+            citation the answer after it): its attention over the kept tokens of each passage,
+            less that of `baseline_text` (the same template around `BASELINE_QUESTION`).
+        words: the text whose words rank the passages lexically (BM25 over their full text).
+        method: which ranking orders `passages`: `"attention"`, `"lexical"` or `"fused"`.
 
     Raises:
-        ValueError: the cache has no spans (it cannot cite).
+        ValueError: the cache has no spans (it cannot cite), or an unknown method.
     """
+    from homer.evidence import fuse, lift
+    from homer.routing import bm25_scores
+
     if cache.spans is None:
         raise ValueError("this cache keeps no spans, so it cannot cite")
+    if method not in RANKINGS:
+        raise ValueError(f"method must be one of {', '.join(RANKINGS)}, got {method!r}")
     adapter = ModelAdapter(model)
     placed = cache.placed(adapter.layer_devices(), adapter.dtype)
-    attentions = adapter.attention_after(
-        placed.to_dynamic_cache(), encode(tokenizer, fed_text), cache.last_position + 1
-    )
     spans = cache.spans.clamp(max=len(document.text))
-    evidence = token_evidence(attentions, spans[:, 0] >= 0)
+    in_document = spans[:, 0] >= 0
+    start = cache.last_position + 1
+
+    def evidence_of(text: str) -> torch.Tensor:
+        attentions = adapter.attention_after(
+            placed.to_dynamic_cache(), encode(tokenizer, text), start
+        )
+        return token_evidence(attentions, in_document)
+
     bounds = split_passages(document.text, passage_chars)
-    scores = passage_scores(evidence, spans, bounds)
-    power = strength(scores)
+    attention = passage_scores(
+        lift(evidence_of(fed_text), evidence_of(baseline_text)), spans, bounds
+    )
+    lexical = torch.tensor(
+        bm25_scores(words, [document.text[a:b] for a, b in bounds]), dtype=torch.float32
+    )
+    scores = {"attention": attention, "lexical": lexical, "fused": fuse(attention, lexical)}
+    chosen = scores[method]
+    power = strength(lexical if method != "attention" else attention)
     return Evidence(
-        passages=top_passages(scores, bounds, len(bounds)),
+        passages=top_passages(chosen, bounds, len(bounds)),
         strength=power,
         grounded=power >= threshold,
+        scores=scores,
+        bounds=bounds,
     )
+
+
+#: The ways `rank_passages` can order passages.
+RANKINGS = ("fused", "attention", "lexical")
 
 
 REREAD_HEAD = "\n\nPassages of the document, re-read in full:\n"
@@ -264,6 +314,7 @@ class GroundedStream:
         self.document = document
         template = PromptTemplate.for_tokenizer(tokenizer)
         self._fed = template.conversation(self.history, question)
+        self._baseline = template.conversation(self.history, BASELINE_QUESTION)
         options = dict(generation or {})
         if document is not None and (grounding.reread or grounding.check):
             began = time.perf_counter()
@@ -273,8 +324,11 @@ class GroundedStream:
                 cache,
                 document,
                 self._fed,
+                words=question,
+                baseline_text=self._baseline,
                 passage_chars=grounding.passage_chars,
                 threshold=grounding.threshold,
+                method=grounding.method,
             )
             if grounding.reread:
                 self.reread = self._reread_text(options)
@@ -340,8 +394,11 @@ class GroundedStream:
                 self.cache,
                 self.document,
                 self._fed + self._stream.text,
+                words=f"{self.question} {self._stream.text}",
+                baseline_text=self._baseline,
                 passage_chars=self.grounding.passage_chars,
                 threshold=self.grounding.threshold,
+                method=self.grounding.method,
             )
         self.citations = [self.document.citation(p) for p in cited.passages[: self.grounding.cite]]
         self.grounding_seconds += time.perf_counter() - began

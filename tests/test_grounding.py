@@ -285,3 +285,43 @@ def test_a_format1_cache_still_answers_through_the_cli(
     payload = json.loads(result.stdout)
     assert payload["answer"] is not None and payload["citations"] == []
     assert "saved before homer could cite" in payload["grounding_unavailable"]
+
+
+# ----------------------------------------------------------------------------- what was kept
+
+
+def test_kept_regions_and_kept_text() -> None:
+    from homer.kept import kept_regions, kept_text
+
+    text = "aaaa bbbb cccc dddd"
+    spans = torch.tensor([[-1, -1], [0, 4], [4, 5], [10, 14], [-1, -1]])
+    assert kept_text(spans, text) == "aaaa  … cccc"
+    pages = kept_regions(spans, len(text), (0, 10), document_tokens=8)
+    assert [(r.label, r.kept_chars) for r in pages] == [("p. 1", 5), ("p. 2", 4)]
+    assert pages[1].share == pytest.approx(4 / 9)
+    stretches = kept_regions(spans, len(text), (), document_tokens=8)
+    assert len(stretches) == 1 and stretches[0].label == "tokens 0k-1k"
+
+
+def test_show_kept_text_and_plot(tiny_model_dir: Path, tmp_path: Path, engine_home: Path) -> None:
+    text = calibration_text()
+    pdf = tmp_path / "book.pdf"
+    pdf.write_bytes(make_pdf([text[:1500], text[1500:3000], text[3000:4500]]))
+    model = str(tiny_model_dir)
+    ingested = runner.invoke(
+        app, ["ingest", str(pdf), "--model", model, "--max-chunk", MAX_CHUNK, "--name", "b"]
+    )
+    assert ingested.exit_code == 0, ingested.output
+    shown = runner.invoke(app, ["show", "b", "--kept"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [["p.", "1"], ["p.", "2"], ["p.", "3"]]
+    assert lines[-1].startswith("all") and "█" in shown.stdout
+    kept = runner.invoke(app, ["show", "b", "--text"])
+    assert kept.exit_code == 0 and " … " in kept.stdout
+    words = [w for w in kept.stdout.replace("…", " ").split() if w.isalpha()]
+    assert words and all(w in text for w in words[:50])
+    image = tmp_path / "kept.png"
+    drawn = runner.invoke(app, ["show", "b", "--plot", str(image)])
+    assert drawn.exit_code == 0, drawn.output
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

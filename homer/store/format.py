@@ -523,6 +523,12 @@ def read_cache(folder: Path, meta: CacheMeta, name: str | None = None) -> HomerC
         CacheDamagedError: the tensor file is missing, truncated, changed, not safetensors, or
             its tensors do not match the metadata (dtype, layers, length).
     """
+    path = _checked_tensor_file(folder, meta, name)
+    return _cache_from_tensors(_read_tensors(path, name), meta, path, name)
+
+
+def _checked_tensor_file(folder: Path, meta: CacheMeta, name: str | None) -> Path:
+    """The tensor file of the cache in `folder`, its size and SHA-256 checked against `meta`."""
     if meta.tensor_file != TENSOR_FILE:
         raise CacheDamagedError(
             folder / META_FILE, f"tensor_file is {meta.tensor_file!r}, not {TENSOR_FILE!r}", name
@@ -540,7 +546,7 @@ def read_cache(folder: Path, meta: CacheMeta, name: str | None = None) -> HomerC
             raise CacheDamagedError(path, "checksum mismatch (the file is damaged)", name)
     except PermissionError as exc:
         raise CacheUnreadableError(path, f"cannot be read ({exc.strerror})", name) from exc
-    return _cache_from_tensors(_read_tensors(path, name), meta, path, name)
+    return path
 
 
 def write_text(text: str, path: Path) -> None:
@@ -583,6 +589,28 @@ def read_text(folder: Path, meta: CacheMeta, name: str | None = None) -> str | N
     if len(text) != meta.text.chars:
         raise CacheDamagedError(path, f"{len(text)} characters, metadata says otherwise", name)
     return text
+
+
+def read_spans(folder: Path, meta: CacheMeta, name: str | None = None) -> torch.Tensor | None:
+    """The `(T, 2)` spans of the cache in `folder` alone (the tensor file checked first, the
+    keys and values never read), or None for a cache saved without them.
+
+    Raises:
+        CacheDamagedError: as `read_cache` raises it.
+    """
+    if not meta.spans:
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    path = _checked_tensor_file(folder, meta, name)
+    try:
+        with safe_open(str(path), framework="pt") as fh:  # type: ignore[no-untyped-call]
+            spans: torch.Tensor = fh.get_tensor("spans")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CacheDamagedError(path, f"no readable spans ({exc})", name) from exc
+    if tuple(spans.shape) != (meta.tokens.cache, 2):
+        raise CacheDamagedError(path, f"spans of shape {tuple(spans.shape)}", name)
+    return spans
 
 
 def _read_tensors(path: Path, name: str | None) -> dict[str, torch.Tensor]:

@@ -557,6 +557,13 @@ class Store:
             cache = cache.to(device=device)
         return cache, record
 
+    def read_spans(self, name: str) -> torch.Tensor | None:
+        """The `(T, 2)` character spans of cache `name`'s tokens (its tensor file checked, its
+        keys and values not loaded), or None for a cache saved without them."""
+        with self._name_lock(name, exclusive=False):
+            record = self._read_record(name)
+            return fmt.read_spans(record.path, record.metadata, name)
+
     def read_text(self, name: str) -> str | None:
         """The document text saved with cache `name` (checksum verified), or None for a cache
         saved without it.
