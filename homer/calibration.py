@@ -10,6 +10,14 @@ Two ways to measure, matching the two reduction rules:
 - `"plain"` (the paper): chunks of ordinary text, the last token an ordinary word.
 - `"template"`: chunks laid out exactly as compression lays them out (prefix + text + suffix),
   so the last token is the suffix's, as when compressing.
+
+A saved bias is reused for everything it does not depend on (the dtype, `--budget`, `--focus`,
+the document), but never across chunk sizes: `bias[l, d]` is measured on chunks of exactly
+`max_chunk_len` tokens, from the last token of each, and that token's query has read the whole
+chunk, so a chunk of another length gives other values at every distance, the shared ones
+included (`tests/test_calibration.py` checks that they differ). Reusing a prefix of a longer
+chunk's bias would change which tokens are pruned. When a bias must be measured, `calibrate`
+says why (`CalibrationNeeded`), naming the chunk sizes already measured for the model.
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ logger = logging.getLogger(__name__)
 CalibrationMode = Literal["plain", "template"]
 FORMAT_VERSION = 1
 DEFAULT_SAMPLES = 8
+
+#: Why a bias measured for one chunk size is not reused for another (see the module docstring).
+CHUNK_SIZE_REASON = (
+    "calibration depends on the chunk size: the bias is measured from the last token of chunks "
+    "of exactly that length, and a chunk of another length changes it at every distance"
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,18 @@ def calibration_key(
     samples: int,
 ) -> str:
     """A short hash of everything the bias depends on."""
+    return _key(_key_parts(model, tokenizer, resolved, mode, samples))
+
+
+def _key_parts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    resolved: ResolvedConfig,
+    mode: CalibrationMode,
+    samples: int,
+) -> dict[str, Any]:
     template = PromptTemplate.for_tokenizer(tokenizer)
-    parts = {
+    return {
         "model": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "mode": mode,
@@ -86,7 +110,50 @@ def calibration_key(
         "suffix": template.suffix() if mode == "template" else "",
         "version": FORMAT_VERSION,
     }
+
+
+def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CalibrationNeeded:
+    """Why a bias is about to be measured (sent before measuring, for a front end to say).
+
+    Attributes:
+        max_chunk_len: the chunk size it is measured for.
+        samples: chunks of calibration text it reads (one progress step each).
+        reason: one clause: the first calibration of this model, another chunk size than
+            those measured (`CHUNK_SIZE_REASON`), a damaged file, or a forced measurement.
+        measured_chunk_lens: the chunk sizes already measured for this model, tokenizer and
+            mode (saved biases written by this version of homer), smallest first.
+    """
+
+    max_chunk_len: int
+    samples: int
+    reason: str
+    measured_chunk_lens: tuple[int, ...] = ()
+
+
+def measured_chunk_lens(parts: dict[str, Any], folder: Path | None = None) -> tuple[int, ...]:
+    """The chunk sizes whose bias is saved for the model, tokenizer, mode, prompt and sample
+    count in `parts` (read from the saved files' metadata; files without it are skipped)."""
+    folder = folder or calibration_dir()
+    same = {k: str(v) for k, v in parts.items() if k != "max_chunk_len"}
+    found: set[int] = set()
+    for path in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception:  # a damaged file is someone else's to report; it names no size here
+            continue
+        if (
+            all(meta.get(k) == v for k, v in same.items())
+            and meta.get("max_chunk_len", "").isdigit()
+        ):
+            found.add(int(meta["max_chunk_len"]))
+    found.discard(int(parts["max_chunk_len"]))
+    return tuple(sorted(found))
 
 
 def _sample_sequences(
@@ -190,6 +257,7 @@ def calibrate(
     samples: int = DEFAULT_SAMPLES,
     force: bool = False,
     on_sample: Callable[[int, int], None] | None = None,
+    on_measure: Callable[[CalibrationNeeded], None] | None = None,
 ) -> Calibration:
     """Build (or load from the per-model cache) the calibration bias for `model`.
 
@@ -199,23 +267,41 @@ def calibrate(
         samples: chunks of calibration text to average over.
         force: measure again even if a cached bias exists.
         on_sample: called with (done, total) after each sample (for progress bars).
+        on_measure: called once before a bias is measured (not when a saved one is loaded),
+            with why it must be.
     """
     config = config or HomerConfig()
     adapter = ModelAdapter(model)
     resolved = config.resolve(num_layers=adapter.num_layers, window=adapter.window)
     mode = mode or resolved.pruning.calibration_mode
-    key = calibration_key(model, tokenizer, resolved, mode, samples)
+    parts = _key_parts(model, tokenizer, resolved, mode, samples)
+    key = _key(parts)
     path = calibration_dir() / f"{key}.safetensors"
     fs.sweep(path.parent, unowned_after=_STALE_TEMP_SECONDS)
     shape = (adapter.num_layers, resolved.max_chunk_len)
-    if path.exists() and not force:
+    if force:
+        reason = "measuring again as asked"
+    elif path.exists():
         bias = _load_saved(path, shape)
         if bias is not None:
             return Calibration(bias=bias, mode=mode, key=key)
-    logger.info("calibrating %s (%d samples of %d tokens)", mode, samples, resolved.max_chunk_len)
+        reason = "the saved calibration file was damaged"
+    else:
+        reason = ""
+    measured = measured_chunk_lens(parts, path.parent)
+    if not reason:
+        reason = CHUNK_SIZE_REASON if measured else "the first calibration of this model"
+    need = CalibrationNeeded(resolved.max_chunk_len, samples, reason, measured)
+    logger.info(
+        "calibrating %s (%d samples of %d tokens): %s", mode, samples, need.max_chunk_len, reason
+    )
+    if on_measure is not None:
+        on_measure(need)
     sequences = _sample_sequences(tokenizer, resolved, mode, samples)
     bias = measure_bias(adapter, sequences, resolved.max_chunk_len, on_sample).contiguous()
-    metadata = {"mode": mode, "format_version": str(FORMAT_VERSION), "sha256": _checksum(bias)}
+    # What the bias was measured for, so a later calibration can say which sizes exist.
+    metadata = {k: str(v) for k, v in parts.items()}
+    metadata.update(format_version=str(FORMAT_VERSION), sha256=_checksum(bias))
     with fs.replacing(path) as tmp:
         save_file({"bias": bias}, str(tmp), metadata=metadata)
     return Calibration(bias=bias, mode=mode, key=key)

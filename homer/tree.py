@@ -18,6 +18,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from homer.merging import NodeState, apply_keep, merge_nodes
 from homer.pruning import PruningRule, Scores, WordTables
 from homer.schedule import LayerSchedule, Plan
 from homer.significance import last_query_logits, share_budget
+
+if TYPE_CHECKING:
+    from homer.calibration import CalibrationNeeded
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ProgressEvent:
             share one count: the tree's `2 * chunks - 1` nodes).
         level: tree level of the node (0 = leaf).
         alive: node states held in memory right now, counted by the garbage collector's view.
+        calibration: on the `"calibrate"` event with `done == 0`, sent before a bias is
+            measured: for which chunk size and why it could not be reused.
     """
 
     stage: str
@@ -46,6 +52,7 @@ class ProgressEvent:
     total: int
     level: int = 0
     alive: int = 0
+    calibration: CalibrationNeeded | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

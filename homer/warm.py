@@ -45,6 +45,7 @@ from homer.service import (
 
 if TYPE_CHECKING:
     from homer.documents import Document
+    from homer.precision import Phase
     from homer.store import CacheRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -138,12 +139,15 @@ class PoolSettings:
         if self.max_cache_bytes is not None and self.max_cache_bytes < 1:
             raise ValueError(f"max_cache_bytes must be positive, got {self.max_cache_bytes}")
 
-    def choice(self, name: str | None) -> ModelChoice:
+    def choice(self, name: str | None, phase: Phase | None = None) -> ModelChoice:
+        """How to load model `name` for `phase`: answers hold a model loaded to decode, each
+        ingest loads its own copy to compress (`homer.precision` picks their dtypes)."""
         return ModelChoice(
             name=name,
             device=self.device,
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
+            phase=phase,
         )
 
 
@@ -258,7 +262,7 @@ class WarmPool:
             model_load = cache_load = 0.0
             if slot.loaded is None:
                 started = time.perf_counter()
-                slot.loaded = self._loader(self.settings.choice(record.model_id))
+                slot.loaded = self._loader(self.settings.choice(record.model_id, "decode"))
                 model_load = time.perf_counter() - started
                 logger.info("loaded model %s in %.2f s", record.model_id, model_load)
             opened, cache_load = self._cache(key, slot.loaded, record)
@@ -326,7 +330,7 @@ class WarmPool:
         if not isinstance(document, Document):  # a bad path fails before a model is loaded
             document = load_document(document)
         with self._ingest_lock:
-            loaded = self._loader(self.settings.choice(model))
+            loaded = self._loader(self.settings.choice(model, "compress"))
             try:
                 return ingest(document, loaded, store=self.store, **options)
             finally:
@@ -352,7 +356,7 @@ class WarmPool:
         with slot.lock:
             try:
                 if slot.loaded is None:
-                    slot.loaded = self._loader(self.settings.choice(name))
+                    slot.loaded = self._loader(self.settings.choice(name, "decode"))
                 return slot.loaded
             finally:
                 with self._lock:
