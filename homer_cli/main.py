@@ -28,11 +28,26 @@ import typer
 from homer_cli import ready_for_interrupts
 from homer_cli.chat import chat as chat_command
 from homer_cli.errors import AdviceFilter, debug_enabled, say, user_errors
+from homer_cli.grounding import (
+    REPORT_FIELDS,
+    REREAD_DEFAULT,
+    REREAD_TOKENS,
+    CiteOpt,
+    CiteTopOpt,
+    RereadOpt,
+    RereadTokensOpt,
+    grounding_fields,
+    grounding_from_flags,
+    show_citations,
+    show_remote_grounding,
+    warn_ungrounded,
+)
 from homer_cli.limits import MaxBytesOpt, MaxDocTokensOpt, MaxPagesOpt, read_limits_env
 from homer_cli.serve import serve as serve_command
 from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable
 
 if TYPE_CHECKING:
+    from homer.grounding import Grounding
     from homer.precision import Phase
     from homer.service import LoadedModel
 
@@ -649,10 +664,12 @@ def _answer(
     server_url: str | None = None,
     local: bool = False,
     across: bool = False,
+    grounding: Grounding | None = None,
 ) -> None:
     """Shared body of `ask` and `summarize`: through a running server when one answers (and no
     option says how to load a model here), else in this process. Several `cache_names` are
-    joined into one cache; `across` picks the caches most relevant to the question."""
+    joined into one cache; `across` picks the caches most relevant to the question. With
+    `grounding`, a single cache's answer re-reads, cites and says when it is not grounded."""
     _check_sampling(max_tokens, temperature, top_p)
     one_cache = len(cache_names) <= 1 and not across
     if one_cache and not (model or device or dtype or trust_remote_code):
@@ -669,6 +686,7 @@ def _answer(
                 top_p=top_p,
                 seed=seed,
                 as_json=as_json,
+                grounding=grounding,
             )
             return
     _setup_runtime()
@@ -695,15 +713,19 @@ def _answer(
             f"answering from {', '.join(choice.names)} (most relevant first, of "
             f"{len(choice.scores)})"
         )
+    document = None
     if len(names) > 1:
         from homer.library import open_joined
 
         cache, records = open_joined(loaded, names, store=store)
+        if grounding is not None and grounding.cite:
+            _notice("--cite reads one cache at a time; answering without citations")
+        grounding = None
     else:
         opened = open_cache(loaded, names[0] if names else record.name, store=store)
-        cache, records = opened.cache, [opened.record]
+        cache, records, document = opened.cache, [opened.record], opened.document
     cache_loaded = time.perf_counter()
-    stream = ask(loaded, cache, question, sampling)
+    stream = ask(loaded, cache, question, sampling, grounding=grounding, document=document)
     if as_json:
         answer = "".join(stream)
     else:
@@ -714,6 +736,9 @@ def _answer(
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if grounding is not None:
+            warn_ungrounded(stream)
+            show_citations(getattr(stream, "citations", []))
     finished = time.perf_counter()
     if as_json:
         stats = stream.stats
@@ -735,9 +760,10 @@ def _answer(
                 "cache_load_s": round(cache_loaded - model_loaded, 4),
                 "time_to_first_token_s": round(stats.time_to_first_token_s, 4),
                 "generation_s": round(stats.total_s, 4),
+                "grounding_s": round(getattr(stream, "grounding_seconds", 0.0), 4),
                 "total_s": round(finished - started, 4),
             },
-        }
+        } | grounding_fields(stream, grounding)
         typer.echo(json.dumps(payload, ensure_ascii=False))
 
 
@@ -751,6 +777,7 @@ def _answer_remote(
     top_p: float,
     seed: int | None,
     as_json: bool,
+    grounding: Grounding | None = None,
 ) -> None:
     """`_answer` through a running server: the same stdout, JSON fields and errors."""
     _setup_logging()
@@ -776,16 +803,20 @@ def _answer_remote(
             top_p=top_p,
             seed=seed,
             on_piece=None if as_json else show,
+            cite=grounding.cite if grounding else 0,
+            reread=grounding.reread if grounding else False,
         )
     except RemoteError as exc:
         if exc.code == "store_empty":
             raise StoreEmptyError from None
         raise
+    info = reply.info
     if not as_json:
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if grounding is not None:
+            show_remote_grounding(info)
         return
-    info = reply.info
     timings = info.get("timings", {})
     payload = {
         "answer": reply.text.strip(),
@@ -800,9 +831,14 @@ def _answer_remote(
             "cache_load_s": timings.get("cache_load_s"),
             "time_to_first_token_s": timings.get("time_to_first_token_s"),
             "generation_s": timings.get("generation_s"),
+            "grounding_s": timings.get("grounding_s"),
             "total_s": round(time.perf_counter() - started, 4),
         },
     }
+    if grounding is not None:
+        payload |= {k: info[k] for k in REPORT_FIELDS if k in info}
+        if not grounding.cite:
+            payload.pop("citations", None)
     typer.echo(json.dumps(payload, ensure_ascii=False))
 
 
@@ -822,8 +858,17 @@ def ask(
     trust_remote_code: TrustOpt = False,
     server: ServerOpt = None,
     local: LocalOpt = False,
+    cite: CiteOpt = False,
+    cite_top: CiteTopOpt = 3,
+    reread: RereadOpt = None,
+    reread_tokens: RereadTokensOpt = REREAD_TOKENS,
 ) -> None:
     """Answer a question from a saved cache, streaming the answer to stdout.
+
+    The question's attention over the cache points at the passages that matter; they are
+    re-read in full from the text saved with the cache before answering (--no-reread to answer
+    from the cache alone). --cite lists the passages the answer rests on. When no passage stands
+    out, stderr says the document may not hold the answer (`grounded: false` in --json).
 
     The model is the one the cache was built with (override with --model; a different model is
     refused). When `homer serve` is running, the question goes to it and the answer starts in
@@ -836,6 +881,7 @@ def ask(
     echo "Who betrays the captain?" | homer ask - --json
     homer ask -c contract -c annex "Which clause sets the notice period?"
     homer ask --all "Which paper reports the largest speed-up?"
+    homer ask --cite "When was the treaty signed?"
     ```
     """
     with user_errors():
@@ -860,6 +906,9 @@ def ask(
             as_json=as_json,
             server_url=server,
             local=local,
+            grounding=grounding_from_flags(
+                cite, cite_top, reread, reread_tokens, reread_default=REREAD_DEFAULT
+            ),
         )
 
 
@@ -877,13 +926,20 @@ def summarize(
     trust_remote_code: TrustOpt = False,
     server: ServerOpt = None,
     local: LocalOpt = False,
+    cite: CiteOpt = False,
+    cite_top: CiteTopOpt = 3,
+    reread: RereadOpt = None,
+    reread_tokens: RereadTokensOpt = REREAD_TOKENS,
 ) -> None:
     """Summarize a saved document, streaming the summary to stdout.
+
+    A summary answers from the cache alone unless --reread is given (re-reading has not been
+    measured to help a summary); --cite lists the passages it rests on.
 
     Example:
 
     ```
-    homer summarize --cache book --max-tokens 200
+    homer summarize --cache book --max-tokens 200 --cite
     ```
     """
     with user_errors():
@@ -903,6 +959,9 @@ def summarize(
             as_json=as_json,
             server_url=server,
             local=local,
+            grounding=grounding_from_flags(
+                cite, cite_top, reread, reread_tokens, reread_default=False, check=False
+            ),
         )
 
 
@@ -974,13 +1033,34 @@ def show(
         str | None,
         typer.Argument(help="Cache name; default: the most recent.", show_default=False),
     ] = None,
+    kept: Annotated[
+        bool,
+        typer.Option(
+            "--kept", help="Print the evidence map: the share of the text kept per page (per "
+            "1k-token stretch for text), with a bar each."
+        ),
+    ] = False,
+    kept_text: Annotated[
+        bool,
+        typer.Option("--text", help="Print the kept text, with ' … ' where text was dropped."),
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Draw the evidence map to this image file (PNG, SVG or PDF).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Print all the metadata of a saved cache as JSON.
+    """Print all the metadata of a saved cache as JSON, or what it kept of its document.
 
-    Example:
+    Examples:
 
     ```
     homer show book
+    homer show book --kept
+    homer show book --text | less
+    homer show book --plot book-kept.png
     ```
     """
     with user_errors():
@@ -988,11 +1068,41 @@ def show(
         from homer.service import pick_record
         from homer.store import Store
 
-        record = pick_record(Store(), name)
+        store = Store()
+        record = pick_record(store, name)
+        if kept or kept_text or plot is not None:
+            _show_kept(store, record, kept=kept, text=kept_text, plot=plot)
+            return
         meta = dict(record.meta)
         meta["path"] = str(record.path)
         meta["size_bytes"] = record.size_bytes
         typer.echo(json_text(meta, indent=2))
+
+
+def _show_kept(store: Any, record: Any, *, kept: bool, text: bool, plot: Path | None) -> None:
+    """`homer show --kept / --text / --plot` for `record`."""
+    from homer.errors import CacheError
+    from homer.kept import kept_regions
+    from homer.kept import kept_text as kept_text_of
+    from homer_cli.kept import plot_map, print_map
+
+    spans = store.read_spans(record.name)
+    document = store.read_text(record.name)
+    if spans is None or document is None:
+        raise CacheError(
+            f"cache {record.name} was saved before homer kept sources, so it cannot show what "
+            "it kept; ingest the document again to upgrade it"
+        )
+    if text:
+        typer.echo(printable(kept_text_of(spans, document), keep_lines=True))
+    meta = record.metadata
+    regions = kept_regions(spans, len(document), meta.document.page_map, meta.tokens.document)
+    if kept:
+        covered = sum(r.kept_chars for r in regions)
+        print_map(regions, covered / max(1, len(document)))
+    if plot is not None:
+        plot_map(regions, f"{printable(record.source)}: kept per part", plot)
+        _notice(f"drew {plot}")
 
 
 @app.command()
