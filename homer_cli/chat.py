@@ -58,17 +58,30 @@ class _Local:
     def answer(
         self, question: str, history: list[tuple[str, str]], show: Callable[[str], None]
     ) -> str:
+        from homer.grounding import REREAD_DEFAULT, Grounding
         from homer.prompts import Turn
         from homer.service import ask
+        from homer_cli.grounding import warn_ungrounded
 
         turns = [Turn(q, a) for q, a in history]
-        stream = ask(self.loaded, self.opened.cache, question, self.sampling, turns)
+        stream = ask(
+            self.loaded,
+            self.opened.cache,
+            question,
+            self.sampling,
+            turns,
+            grounding=Grounding(reread=REREAD_DEFAULT),  # as `homer ask` and the server answer
+            document=self.opened.document,
+        )
         try:
             for piece in stream:
                 show(piece)
         except KeyboardInterrupt:
             stream.cancel()
             raise
+        if stream.evidence is not None and not stream.evidence.grounded:
+            show("\n")
+            warn_ungrounded(stream)
         return stream.text
 
 
@@ -113,6 +126,11 @@ class _Remote:
             on_piece=show,
             stop_loops=sampling.stop_loops,
         )
+        if reply.info.get("grounded") is False:
+            from homer_cli.grounding import show_remote_grounding
+
+            show("\n")
+            show_remote_grounding(reply.info)
         return reply.text
 
 
