@@ -319,6 +319,9 @@ def main() -> None:
             versions[run] = {
                 "command": saved["environment"]["command"],
                 "kvpress": saved.get("kvpress_versions"),
+                "date": saved["environment"]["date"],
+                "git_commit": saved["environment"]["git_commit"],
+                "homer_uncommitted": saved["environment"].get("homer_uncommitted"),
             }
         table, rows = summary(records)
         image = plot(rows, args.name)
@@ -346,8 +349,13 @@ def main() -> None:
     records: list[dict[str, Any]] = []
     kv_versions: dict[str, Any] = {}
 
+    dirty = subprocess.run(
+        ["git", "status", "--short", "--", "homer"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.split("\n")
+    extra = {"homer_uncommitted": [line for line in dirty if line]}  # others' edits in the tree
+
     def save() -> None:
-        write_result(args.name, {"kvpress_versions": kv_versions, "records": records})
+        write_result(args.name, {"kvpress_versions": kv_versions, "records": records}, extra)
 
     for task in args.tasks:
         items = [
@@ -442,6 +450,7 @@ def main() -> None:
     write_result(
         args.name,
         {"kvpress_versions": kv_versions, "table": table, "rows": rows, "records": records},
+        extra,
     )
     show(table)
 
