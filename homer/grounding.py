@@ -219,9 +219,14 @@ def rank_passages(
     start = cache.last_position + 1
 
     def evidence_of(text: str) -> torch.Tensor:
-        attentions = adapter.attention_after(
-            placed.to_dynamic_cache(), encode(tokenizer, text), start
-        )
+        ids = encode(tokenizer, text)
+        # Checked before the model runs: a question far past the window (a hostile request)
+        # would otherwise ask for a causal mask of its length squared.
+        if start + len(ids) + 1 > adapter.window:
+            from homer.generation import ContextOverflowError
+
+            raise ContextOverflowError(start + len(ids) + 1, adapter.window)
+        attentions = adapter.attention_after(placed.to_dynamic_cache(), ids, start)
         return token_evidence(attentions, in_document)
 
     bounds = split_passages(document.text, passage_chars)

@@ -55,6 +55,7 @@ DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_MAX_UPLOAD_BYTES = 256 << 20
 
 _FILENAME_RE = re.compile(r"[^A-Za-z0-9._ -]+")
+_MAX_FILENAME = 200  # characters of an uploaded document's name kept (all ASCII by then)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise ApiError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:  # `[[[[...` thousands deep: no request needs that
+        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ApiError(400, f"the request body holds {exc}", code="invalid_json") from None
 
 
 async def _disconnected(request: Request) -> None:
@@ -561,6 +566,9 @@ class HomerApi:
     async def upload(self, request: Request) -> Response:
         filename = request.query_params.get("filename", "")
         safe = _FILENAME_RE.sub("-", Path(filename).name).strip(" .-")
+        if len(safe) > _MAX_FILENAME:  # the system refuses names past 255 bytes
+            suffix = Path(safe).suffix[:16]
+            safe = safe[: _MAX_FILENAME - len(suffix)] + suffix
         if not safe:
             raise ApiError(
                 400,
@@ -572,7 +580,11 @@ class HomerApi:
         data = await _read_body(request, self.settings.max_upload_bytes)
         folder = Path(tempfile.mkdtemp(prefix="homer-upload-"))
         path = folder / safe
-        path.write_bytes(data)
+        try:
+            path.write_bytes(data)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a full /tmp leaves nothing behind
+            raise
         return await self._run_ingest(
             request,
             str(path),

@@ -82,7 +82,8 @@ _KNOWN: list[tuple[str, int, str, str]] = [
 def _is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()  # torch's CPU allocator says "can't allocate memory"
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "allocate memory" in text)
 
 
 def from_exception(exc: BaseException) -> ApiError:
