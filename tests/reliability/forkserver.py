@@ -12,6 +12,8 @@ Protocol, one JSON object per line on stdin, one answer per line on stdout:
     {"op": "run", "argv": [...], "env": {...}, "dir": "/tmp/x", "stdin": null, "slow": 0.0}
         -> {"pid": 1234}
     {"op": "wait", "pid": 1234}   -> {"status": 0}   (negative: killed by that signal)
+    {"op": "run", "call": ["module", "function", [args]], "env": {...}, "dir": "/tmp/x"}
+        -> {"pid": 1234}   (a child running `module.function(*args)` instead of the CLI)
 
 A child writes `@@phase NAME` lines to its stderr when the CLI starts (`cli`), when `compress`
 starts (`compress`), when `Store.save` starts (`save`) and when the command returns (`done`), so
@@ -118,7 +120,13 @@ def _child(request: dict[str, Any]) -> None:
 
         _phase("cli")
         try:
-            homer_cli.main.app(request["argv"], prog_name="homer")
+            if request.get("call"):  # a test's own worker, with everything already imported
+                import importlib
+
+                module, function, args = request["call"]
+                getattr(importlib.import_module(module), function)(*args)
+            else:
+                homer_cli.main.app(request["argv"], prog_name="homer")
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         _phase("done")

@@ -127,15 +127,23 @@ class ForkServer:
         return self._read()
 
     def start(
-        self, argv: list[str], *, workdir: Path, env: dict[str, str], slow: float = 0.0
+        self,
+        argv: list[str],
+        *,
+        workdir: Path,
+        env: dict[str, str],
+        slow: float = 0.0,
+        call: tuple[str, str, list[Any]] | None = None,
     ) -> Child:
-        """Start `homer ARGV` in a forked child; its outputs go to a fresh folder under workdir."""
+        """Start `homer ARGV` in a forked child; its outputs go to a fresh folder under workdir.
+        With `call` (module, function, args) the child runs that function instead."""
         self._count += 1
         folder = workdir / f"child-{self._count}"
         folder.mkdir(parents=True)
-        answer = self._ask(
-            {"op": "run", "argv": argv, "env": env, "dir": str(folder), "slow": slow}
-        )
+        request = {"op": "run", "argv": argv, "env": env, "dir": str(folder), "slow": slow}
+        if call is not None:
+            request["call"] = list(call)
+        answer = self._ask(request)
         return Child(pid=int(answer["pid"]), folder=folder)
 
     def wait(self, child: Child) -> int:
