@@ -69,7 +69,8 @@ def served(
     torch.set_num_threads(1)  # as the server does (tests/server_process.py)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOMER_HOME", str(home))
-        loaded = load_model(ModelChoice(name=str(tiny_model_dir)))
+        # Loaded to decode, as the server loads the models it answers with (homer.precision).
+        loaded = load_model(ModelChoice(name=str(tiny_model_dir), phase="decode"))
         for name, text in DOCS.items():
             path = home / f"{name}.txt"
             path.write_text(text, encoding="utf-8")
