@@ -22,6 +22,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from homer_cli.errors import say, user_errors
+from homer_cli.terminal import write_answer
 
 PROMPT = ">>> "
 HELP = "/reset forgets the conversation, /exit or Ctrl-D leaves, Ctrl-C stops an answer"
@@ -162,8 +163,7 @@ def _line_editing() -> Any:
 
 
 def _show(piece: str) -> None:
-    sys.stdout.write(piece)
-    sys.stdout.flush()
+    write_answer(piece)
 
 
 def _session(backend: _Backend) -> None:

@@ -44,7 +44,7 @@ from homer_cli.grounding import (
 )
 from homer_cli.limits import MaxBytesOpt, MaxDocTokensOpt, MaxPagesOpt, read_limits_env
 from homer_cli.serve import serve as serve_command
-from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable
+from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable, write_answer
 
 if TYPE_CHECKING:
     from homer.grounding import Grounding
@@ -732,8 +732,7 @@ def _answer(
         answer = ""
         for piece in _until_first(stream):
             answer += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+            write_answer(piece)
         sys.stdout.write("\n")
         sys.stdout.flush()
         if grounding is not None:
@@ -790,8 +789,7 @@ def _answer_remote(
         cache_name = pick_record(Store(), cache_name).name
 
     def show(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+        write_answer(piece)
 
     try:
         reply = answer(

@@ -75,3 +75,17 @@ class SafeFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)
         return super().formatMessage(record)
+
+
+def write_answer(piece: str) -> None:
+    """Write a piece of a streamed answer to stdout: as is into a pipe or file, with control
+    characters shown as escapes on a terminal (the model can be led by a document to emit
+    them), newlines and tabs kept."""
+    import sys
+
+    try:
+        tty = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    sys.stdout.write(printable(piece, keep_lines=True) if tty else piece)
+    sys.stdout.flush()
