@@ -93,6 +93,11 @@ def test_scoring_is_rulers_string_match_all() -> None:
     assert ruler.score("only 123", ["123", "456"]) == (0.5, False)
     assert ruler.score("NOTHING", ["x"]) == (0.0, False)
     assert ruler.string_match_all("Apple, banana", ["apple", "BANANA"]) == 1.0
+    # RULER counts a key inside a longer number; the whole-word score does not
+    assert ruler.string_match_all(" 139434445.", ["1394344"]) == 1.0
+    assert ruler.whole_match_all(" 139434445.", ["1394344"]) == 0.0
+    assert ruler.whole_match_all("is 1394344.", ["1394344"]) == 1.0
+    assert ruler.whole_match_all("Tub, BARLEY", ["tub", "barley", "autumn"]) == pytest.approx(2 / 3)
 
 
 def test_wilson_interval() -> None:
@@ -119,6 +124,8 @@ def test_summary_pools_tasks_per_method_and_budget() -> None:
             "view": "full",
             "score": score,
             "right": score == 1.0,
+            "answer": "42" if score == 1.0 else "none",
+            "outputs": ["42"],
             "seconds": 2.0,
         }
 

@@ -128,6 +128,7 @@ def summary(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
                 cells.append("-")
         right = sum(r["right"] for r in subset)
         low, high = wilson(right, len(subset))
+        whole = sum(ruler.whole_match_all(r["answer"], r["outputs"]) == 1.0 for r in subset)
         mean = sum(r["score"] for r in subset) / len(subset)
         seconds = sum(r["seconds"] for r in subset) / len(subset)
         rows.append(
@@ -137,6 +138,7 @@ def summary(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
                 *cells,
                 f"{mean:.0%}",
                 f"{right}/{len(subset)} ({low:.0%}-{high:.0%})",
+                f"{whole}/{len(subset)}",
                 f"{seconds:.1f}",
             ]
         )
@@ -152,10 +154,19 @@ def summary(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
                 "right": right,
                 "n": len(subset),
                 "wilson95": [low, high],
+                "right_whole_words": whole,
                 "seconds_per_item": seconds,
             }
         )
-    headers = ["length", "method", *tasks, "mean score", "all right (95% CI)", "s/item"]
+    headers = [
+        "length",
+        "method",
+        *tasks,
+        "mean score",
+        "all right (95% CI)",
+        "all right, whole words",
+        "s/item",
+    ]
     return markdown_table(headers, rows), data
 
 

@@ -148,6 +148,16 @@ def string_match_all(prediction: str, outputs: list[str]) -> float:
     return sum(o.lower() in text for o in outputs) / len(outputs)
 
 
+def whole_match_all(prediction: str, outputs: list[str]) -> float:
+    """A stricter `string_match_all`: an expected string counts only where no letter or digit
+    touches it, so "139434445" does not answer 1394344 (RULER's substring match says it does)."""
+    found = 0
+    for o in outputs:
+        pattern = rf"(?<![0-9A-Za-z]){re.escape(o)}(?![0-9A-Za-z])"
+        found += re.search(pattern, prediction, flags=re.IGNORECASE) is not None
+    return found / len(outputs)
+
+
 def score(prediction: str, outputs: list[str]) -> tuple[float, bool]:
     """(RULER's score, whether every expected string was found)."""
     value = string_match_all(prediction, outputs)
