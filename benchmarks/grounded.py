@@ -74,6 +74,13 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16000])
     parser.add_argument("--needles", type=int, default=20)
     parser.add_argument("--first", type=int, default=0, help="skip the first N needles")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="run every Nth needle of the --needles grid (the same needles and depths as a "
+        "full run, so saved baselines still pair)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-answer", action="store_true", help="citations and strength only")
     parser.add_argument("--name", default="grounded")
@@ -119,7 +126,7 @@ def main() -> None:
         memo = SubtreeMemo(capacity=24)
         for index, (needle, depth) in enumerate(zip(needles, depths, strict=True)):
             absent = absent_needle(absent_rng, needle, index)
-            if index < args.first:
+            if index < args.first or (index - args.first) % args.every:
                 continue
             text = insert(hay, needle.sentence, depth)
             began = time.perf_counter()

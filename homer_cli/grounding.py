@@ -44,7 +44,7 @@ RereadTokensOpt = Annotated[
 #: Kept here, not imported from `homer.grounding`, so `--help` loads no torch; a test checks
 #: they agree.
 REREAD_DEFAULT = True
-REREAD_TOKENS = 1536
+REREAD_TOKENS = 1024
 
 #: Characters of a passage shown after its place.
 SNIPPET_CHARS = 160
