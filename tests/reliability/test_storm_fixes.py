@@ -316,3 +316,39 @@ def test_ctrl_c_while_importing_prints_no_traceback(homer_home: Path) -> None:
         assert proc.returncode in (0, 130, -signal.SIGINT), (proc.returncode, text)
         assert text in ("", "homer: interrupted\n") or text.startswith("homer: no saved"), text
     assert before_homer <= 6
+
+
+def test_forged_metadata_and_tensors_together_do_not_fit_the_model(book: Path) -> None:
+    """Tensors with twice the heads and a `kv_shape` rewritten to match, with a fresh checksum:
+    the store's own checks pass; the model's shape does not."""
+    import hashlib
+
+    import torch
+
+    tensors = load_file(str(book / "tensors.safetensors"))
+    b, h, n, d = tensors["layers.0.keys"].shape
+    for name in [k for k in tensors if k.startswith("layers.")]:
+        tensors[name] = torch.zeros((b, 2 * h, n, d), dtype=tensors[name].dtype)
+    save_file(tensors, str(book / "tensors.safetensors"))
+    data = (book / "tensors.safetensors").read_bytes()
+    meta = json.loads((book / "meta.json").read_text())
+    meta["tensor_sha256"], meta["tensor_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    meta["kv_shape"] = [b, 2 * h, n, d]
+    (book / "meta.json").write_text(json.dumps(meta))
+    Store().load("book")  # the store alone accepts it
+    one_line_error(
+        invoke("ask", "hi", "-c", "book", "-n", "2", "--local"), "does not fit the model", "rm book"
+    )
+
+
+def test_answers_on_a_terminal_show_escapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed answer (model output a document can steer) is inert on a terminal, and
+    byte-exact into a pipe."""
+    from homer_cli.terminal import write_answer
+
+    for tty, expected in ((True, "a\\x1b]0;x\\x07\nb"), (False, "a\x1b]0;x\x07\nb")):
+        out = io.StringIO()
+        monkeypatch.setattr(out, "isatty", lambda tty=tty: tty)
+        monkeypatch.setattr(sys, "stdout", out)
+        write_answer("a\x1b]0;x\x07\nb")
+        assert out.getvalue() == expected
