@@ -75,11 +75,19 @@ def main() -> None:
     parser.add_argument("--needles", type=int, default=20)
     parser.add_argument("--first", type=int, default=0, help="skip the first N needles")
     parser.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        help="run every Nth needle from --first (--stride 2: only codes, or with --first 1 only "
+        "names, as needles alternate)",
+    )
+    parser.add_argument(
         "--every",
         type=int,
         default=1,
-        help="run every Nth needle of the --needles grid (the same needles and depths as a "
-        "full run, so saved baselines still pair)",
+        help="run one pair of needles (a code and a name, neighbouring depths) in every N pairs "
+        "of the --needles grid: the same needles and depths as a full run, so saved baselines "
+        "still pair",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-answer", action="store_true", help="citations and strength only")
@@ -126,7 +134,8 @@ def main() -> None:
         memo = SubtreeMemo(capacity=24)
         for index, (needle, depth) in enumerate(zip(needles, depths, strict=True)):
             absent = absent_needle(absent_rng, needle, index)
-            if index < args.first or (index - args.first) % args.every:
+            skipped = _skipped(index - args.first, args.every) or (index - args.first) % args.stride
+            if index < args.first or skipped:
                 continue
             text = insert(hay, needle.sentence, depth)
             began = time.perf_counter()
@@ -203,6 +212,12 @@ def main() -> None:
             )
             write_result(args.name, {"records": records})
     show(combined_table(records))
+
+
+def _skipped(index: int, every: int) -> bool:
+    """Whether needle `index` falls outside a run of one pair in every `every` pairs (needles
+    alternate codes and names, so pairs keep both kinds)."""
+    return (index // 2) % every != 0
 
 
 def _short(values: dict[str, float]) -> str:
