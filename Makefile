@@ -15,7 +15,7 @@ install: .venv/bin/python
 
 demo: .venv/bin/python
 	.venv/bin/homer ingest $(SAMPLE)
-	.venv/bin/homer ask "Who engraved the portrait of Shakespeare printed in the First Folio?"
+	.venv/bin/homer ask --cite "Who engraved the portrait of Shakespeare printed in the First Folio?"
 
 lint:
 	$(PY) -m ruff check homer homer_cli homer_server tests benchmarks

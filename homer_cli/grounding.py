@@ -98,6 +98,12 @@ def grounding_fields(stream: Any, grounding: Grounding | None) -> dict[str, Any]
     return fields
 
 
+#: What stderr says of an answer whose question no passage stands out for.
+_UNGROUNDED = (
+    "the document may not hold this answer: no passage stands out for the question's words "
+    "(evidence {evidence}); check the passages it rests on (--cite)"
+)
+
 #: The fields of `GroundedStream.report()`, as a server's answer carries them.
 REPORT_FIELDS = ("grounded", "evidence", "reread", "citations", "grounding_unavailable")
 
@@ -112,10 +118,7 @@ def show_remote_grounding(info: dict[str, Any]) -> None:
             "again to upgrade it"
         )
     elif info.get("grounded") is False:
-        say(
-            f"the document may not hold this answer: no passage stands out for the question "
-            f"(evidence {info.get('evidence')}); treat the answer as a guess"
-        )
+        say(_UNGROUNDED.format(evidence=info.get("evidence")))
     show_citations([Citation.from_dict(c) for c in info.get("citations") or []])
 
 
@@ -128,8 +131,4 @@ def warn_ungrounded(stream: Any) -> None:
         return
     evidence = getattr(stream, "evidence", None)
     if evidence is not None and not evidence.grounded:
-        say(
-            f"the document may not hold this answer: no passage stands out for the question "
-            f"(evidence {evidence.strength:.2f}, under {stream.grounding.threshold:.2f}); "
-            "treat the answer as a guess"
-        )
+        say(_UNGROUNDED.format(evidence=f"{evidence.strength:.2f}"))
