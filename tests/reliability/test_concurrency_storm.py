@@ -23,7 +23,7 @@ from tests.reliability.harness import ForkServer, assert_store_consistent, store
 CLIENTS = 8
 INGESTERS = 4
 SECONDS = 25.0
-OP_BOUND = 30.0  # seconds any one operation may take (an ingest may wait on another's lock)
+OP_BOUND = 60.0  # seconds any one operation may take (an ingest may wait on another's lock)
 
 
 def test_concurrency_storm(
@@ -70,7 +70,7 @@ def test_concurrency_storm(
             written.setdefault(name, set()).add(source)
     print(f"\nconcurrency storm: {dict(ops)}, slowest {slowest}")
     assert all(took < OP_BOUND for took in slowest.values()), slowest
-    assert ops["list"] >= 50 and ops["force"] >= 4 and ops["new"] >= 4, ops
+    assert ops["list"] >= 20 and ops["force"] >= 4 and ops["new"] >= 4, ops
 
     names = assert_store_consistent()
     assert set(written) | set(STABLE) <= set(names)
