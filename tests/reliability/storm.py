@@ -6,7 +6,9 @@ real CLI process forked from `tests.reliability.forkserver`:
 
 - `ingest`: a new document (a short one, or one long enough for a real merge tree);
 - `force`: `ingest --name book --force`, replacing the cache `book`;
-- `batch`: `ingest FOLDER` holding two new documents (one cache each).
+- `batch`: `ingest FOLDER` holding two new documents (one cache each);
+- `gguf` (when a GGUF file is given): `ingest --model FILE.gguf` with the model's converted
+  folder removed first, so every trial converts the GGUF again.
 
 Each kind is timed once uninterrupted. A trial then sends its signal either at a moment drawn
 uniformly over that kind's measured duration ("spread"), or inside the save (its writes, fsyncs
@@ -15,8 +17,9 @@ and renames slowed down so the moment can land anywhere in it: "save").
 After every trial (`Storm.check`): every listed cache loads and answers a question, the folder
 holds no cache folder that is not listed (nothing half-written), `homer list` agrees with the
 store and warns of nothing but a restored replacement, `book` is still there (old or new), and
-the work folders of dead processes are swept by the store's own sweep. Every `verify_every`
-trials, and at the end, an uninterrupted ingest must succeed and leave no work folder.
+the work folders of dead processes are swept by the store's own sweep, and every converted
+GGUF folder is complete (it holds the marker written last). Every `verify_every` trials, and at
+the end, an uninterrupted ingest (of each kind of model) must succeed and leave no work folder.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -38,6 +42,7 @@ from tests.reliability.conftest import story
 from tests.reliability.harness import Child, ForkServer, invoke
 
 KINDS = ("ingest", "force", "batch")
+GGUF_DONE = ".homer-converted"  # homer.models: written last into a finished conversion
 SLOW_SAVE = 0.02  # seconds before each write, fsync and rename of a save aimed at
 WORK_PREFIXES = (".tmp-", ".trash-", ".swap-")
 
@@ -86,6 +91,7 @@ class Storm:
         strict: bool = True,
         verify_every: int = 20,
         keep: int = 1,
+        gguf: Path | None = None,
     ) -> None:
         self.server = server
         self.model = ["--model", str(model_dir), "--max-chunk", MAX_CHUNK]
@@ -98,8 +104,10 @@ class Storm:
         self.keep = keep  # caches kept besides `book`, so each check stays cheap
         self.result = StormResult()
         self._docs = 0
-        self._loaded: Any = None
-        self._model_dir = model_dir
+        self._loaded: dict[str, Any] = {}
+        self.gguf = gguf
+        self.kinds = (*KINDS, "gguf") if gguf is not None else KINDS
+        self.models = home / "models"
         self._answered: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ documents and commands
@@ -117,6 +125,11 @@ class Storm:
             return ["ingest", str(self._doc()), *self.model]
         if kind == "force":
             return ["ingest", str(self._doc()), *self.model, "--name", "book", "--force"]
+        if kind == "gguf":
+            for done in self.models.glob("gguf-*"):  # convert again: the phase under fire
+                if done.is_dir():
+                    shutil.rmtree(done)
+            return ["ingest", str(self._doc()), "--model", str(self.gguf), "--max-chunk", MAX_CHUNK]
         folder = self.workdir / f"batch{self._docs}"
         self._doc(folder)
         self._doc(folder)
@@ -133,7 +146,10 @@ class Storm:
         assert self.server.wait(first) == 0, first.stderr
         name = first.stdout.strip().splitlines()[-1]
         Store(self.home / "caches").copy(name, "book")
-        for kind in KINDS:
+        if self.gguf is not None:  # calibrate the GGUF's model once, untimed
+            warm = self._start("gguf")
+            assert self.server.wait(warm) == 0, warm.stderr
+        for kind in self.kinds:
             started = time.monotonic()
             child = self._start(kind)
             status = self.server.wait(child)
@@ -142,7 +158,7 @@ class Storm:
         self._check("prepare")
 
     def trial(self, number: int, sig: signal.Signals) -> None:
-        kind = KINDS[number % len(KINDS)]
+        kind = self.kinds[number % len(self.kinds)]
         aim = "save" if self.rng.random() < 1 / 3 else "spread"
         self.result.trials[f"{kind} {sig.name} {aim}"] += 1
         child = self._start(kind, slow=SLOW_SAVE if aim == "save" else 0.0)
@@ -179,14 +195,16 @@ class Storm:
         return "interrupted (exit 130)"
 
     def verify(self) -> None:
-        """An uninterrupted ingest succeeds and leaves no work folder behind."""
-        child = self._start("ingest")
-        status = self.server.wait(child)
-        self.result.verify_ingests += 1
-        self._expect(status == 0, f"verify ingest failed ({status}): {child.stderr[-500:]}")
-        left = [
-            e.name for e in (self.home / "caches").iterdir() if e.name.startswith(WORK_PREFIXES)
-        ]
+        """An uninterrupted ingest (and GGUF conversion) succeeds and leaves no work folder."""
+        for kind in ("ingest", "gguf") if self.gguf is not None else ("ingest",):
+            child = self._start(kind)
+            status = self.server.wait(child)
+            self.result.verify_ingests += 1
+            self._expect(status == 0, f"verify {kind} failed ({status}): {child.stderr[-500:]}")
+        caches = self.home / "caches"
+        left = [e.name for e in caches.iterdir() if e.name.startswith(WORK_PREFIXES)]
+        if self.models.is_dir():  # a dead conversion's `.gguf-*` work folder, swept by the next
+            left += [e.name for e in self.models.iterdir() if e.is_dir() and e.name[0] == "."]
         self._expect(left == [], f"work folders left after a clean ingest: {left}")
 
     # ------------------------------------------------------------------ checks
@@ -199,12 +217,13 @@ class Storm:
         if self.strict:
             raise AssertionError(message)
 
-    def _model(self) -> Any:
-        if self._loaded is None:
+    def _model(self, model_id: str) -> Any:
+        """The model a cache was built with, loaded once."""
+        if model_id not in self._loaded:
             from homer.service import load_model
 
-            self._loaded = load_model(str(self._model_dir))
-        return self._loaded
+            self._loaded[model_id] = load_model(model_id)
+        return self._loaded[model_id]
 
     def _check(self, where: str) -> None:
         """The store after a trial: see the module docstring."""
@@ -226,16 +245,21 @@ class Storm:
         self._expect(folders == names, f"{where}: unlisted cache folders {folders} vs {names}")
         for name in names:
             try:
-                opened = open_cache(self._model(), name, store=store)
+                model = self._model(store.record(name).model_id)
+                opened = open_cache(model, name, store=store)
                 seen = (name, opened.record.created)
                 if seen in self._answered:  # loaded again above; answered when it was new
                     continue
-                answer = "".join(ask(self._model(), opened.cache, "The passkey?", Sampling(2)))
+                answer = "".join(ask(model, opened.cache, "The passkey?", Sampling(2)))
                 self._answered.add(seen)
                 self.result.answers += 1
                 self._expect(isinstance(answer, str), f"{where}: {name} gave no answer")
             except Exception as exc:  # any failure to load or answer is what this storm seeks
                 self._expect(False, f"{where}: {name} failed: {type(exc).__name__}: {exc}")
+        if self.models.is_dir():
+            converted = [p for p in self.models.glob("gguf-*") if p.is_dir()]
+            partial = [p.name for p in converted if not (p / GGUF_DONE).exists()]
+            self._expect(partial == [], f"{where}: converted GGUF folders without marker {partial}")
         store._sweep()  # what the next save does first
         left = [p.name for p in store.root.iterdir() if p.name.startswith(WORK_PREFIXES)]
         self._expect(left == [], f"{where}: the sweep left {left}")
