@@ -175,6 +175,7 @@ class Evidence:
     grounded: bool
     scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     bounds: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    baseline: torch.Tensor | None = field(default=None, repr=False)
 
 
 #: What a question about nothing in particular asks: its attention is taken off a real
@@ -194,6 +195,7 @@ def rank_passages(
     passage_chars: int = PASSAGE_CHARS,
     threshold: float = GROUNDED_THRESHOLD,
     method: str = "fused",
+    baseline: torch.Tensor | None = None,
 ) -> Evidence:
     """Rank the document's passages for a question.
 
@@ -203,6 +205,8 @@ def rank_passages(
             less that of `baseline_text` (the same template around `BASELINE_QUESTION`).
         words: the text whose words rank the passages lexically (BM25 over their full text).
         method: which ranking orders `passages`: `"attention"`, `"lexical"` or `"fused"`.
+        baseline: the `(T,)` evidence of `baseline_text` from an earlier call on the same cache
+            (`Evidence.baseline`), so it is not computed again.
 
     Raises:
         ValueError: the cache has no spans (it cannot cite), or an unknown method.
@@ -232,9 +236,9 @@ def rank_passages(
         return token_evidence(attentions, in_document)
 
     bounds = split_passages(document.text, passage_chars)
-    attention = passage_scores(
-        lift(evidence_of(fed_text), evidence_of(baseline_text)), spans, bounds
-    )
+    if baseline is None:
+        baseline = evidence_of(baseline_text)
+    attention = passage_scores(lift(evidence_of(fed_text), baseline), spans, bounds)
     lexical = torch.tensor(
         bm25_scores(words, [document.text[a:b] for a, b in bounds]), dtype=torch.float32
     )
@@ -247,6 +251,7 @@ def rank_passages(
         grounded=power >= threshold,
         scores=scores,
         bounds=bounds,
+        baseline=baseline,
     )
 
 
@@ -406,6 +411,7 @@ class GroundedStream:
                 passage_chars=self.grounding.passage_chars,
                 threshold=self.grounding.threshold,
                 method=self.grounding.method,
+                baseline=None if self.evidence is None else self.evidence.baseline,
             )
         self.citations = [self.document.citation(p) for p in cited.passages[: self.grounding.cite]]
         self.grounding_seconds += time.perf_counter() - began
