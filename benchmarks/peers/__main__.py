@@ -177,31 +177,41 @@ def _order(record: dict[str, Any]) -> tuple[int, str, float]:
 
 
 def plot(rows: list[dict[str, Any]], name: str) -> str | None:
-    """Mean RULER score against the share evicted, a line per method, per length."""
+    """RULER's score per task and method (bars), a panel per length; the mean over tasks last,
+    with the 95% Wilson interval of the all-right rate as a whisker."""
     if not rows:
         return None
     plt = pyplot()
     lengths = sorted({r["length"] for r in rows})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(6.2 * len(lengths), 4), squeeze=False)
-    for ax, length in zip(axes[0], lengths, strict=True):
+    fig, axes = plt.subplots(len(lengths), 1, figsize=(10, 4.2 * len(lengths)), squeeze=False)
+    for ax, length in zip(axes[:, 0], lengths, strict=True):
         mine = [r for r in rows if r["length"] == length]
-        series: dict[str, list[tuple[float, float]]] = {}
-        for r in mine:
-            key = r["method"] + ("" if r["view"] == "full" else f" ({r['view']})")
-            if r["method"] in BUDGETED:
-                series.setdefault(key, []).append((r["ratio"], r["mean_score"]))
-            else:
-                ax.axhline(r["mean_score"], linestyle="--", linewidth=1, label=f"{key}, full")
-        for key, points in series.items():
-            points.sort()
-            marker = "o" if key.startswith("homer") else "."
-            width = 2.5 if key.startswith("homer") else 1.2
-            ax.plot(*zip(*points, strict=True), marker=marker, linewidth=width, label=key)
-        ax.set_xlabel("share of the context evicted")
-        ax.set_ylabel("mean RULER score over tasks")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"SmolLM2-135M, RULER tasks at {length // 1000}k tokens", fontsize=9)
-        ax.legend(fontsize=7)
+        tasks = [t for t in ruler.TASKS if any(t in r["tasks"] for r in mine)]
+        groups = [*tasks, "all tasks"]
+        width = 0.8 / len(mine)
+        for i, r in enumerate(mine):
+            xs = [g + (i - (len(mine) - 1) / 2) * width for g in range(len(groups))]
+            values = [r["tasks"].get(t, {}).get("score", 0.0) for t in tasks] + [r["mean_score"]]
+            bars = ax.bar(xs, values, width, label=f"{r['row']} (n={r['n']})")
+            rate = r["right"] / r["n"]
+            low, high = r["wilson95"]
+            ax.errorbar(
+                xs[-1],
+                rate,
+                yerr=[[max(0.0, rate - low)], [max(0.0, high - rate)]],
+                fmt="_",
+                color=bars.patches[-1].get_facecolor(),
+                capsize=2,
+            )
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_ylabel("RULER score (string_match_all)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(
+            f"SmolLM2-135M-Instruct, RULER tasks at {length // 1000}k tokens; whisker on "
+            "'all tasks': all-right rate, 95% Wilson interval",
+            fontsize=9,
+        )
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     return save_figure(fig, f"{name}.png")
 
