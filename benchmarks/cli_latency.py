@@ -135,6 +135,7 @@ def measure(label: str, code: Path, other_tokens: int) -> dict[str, Any]:
     ).stdout.strip()
     return {
         "label": label,
+        "home": str(home),
         "code": str(code),
         "commit": commit,
         "other_document_tokens": other_tokens,
@@ -167,13 +168,63 @@ def table(labels: list[str]) -> str:
     return markdown_table(headers, rows)
 
 
+def interleaved_asks(labels: list[str], pairs: int) -> dict[str, Any]:
+    """`ask` again `pairs` times per labelled run, alternating between them (so a change in the
+    machine's load hits each alike), in each run's own HOMER_HOME and code."""
+    runs = {}
+    for label in labels:
+        result = read_result(f"cli_latency_{label}")
+        homes = sorted(Path(tempfile.gettempdir()).glob(f"homer-cli-latency-{label}-*"))
+        home = Path(result.get("home") or [h for h in homes if h.is_dir()][-1])
+        code = Path(result["code"])
+        name = result["steps"]["ingest_first_run"]["stdout"].splitlines()[-1]
+        env = {
+            **os.environ,
+            "HOMER_HOME": str(home),
+            "HOMER_SERVER": "off",
+            "PYTHONPATH": str(code),
+            "TERM": "xterm-256color",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        runs[label] = (code, env, ["ask", QUESTION, "-c", name, "--max-tokens", "16"])
+    asks: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for n in range(pairs):
+        for label in labels if n % 2 == 0 else labels[::-1]:
+            code, env, args = runs[label]
+            asks[label].append(run_cli(args, env, code))
+            print(json.dumps(asks[label][-1])[:300], file=sys.stderr)
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    summary = {
+        label: {
+            key: round(median([a[key] for a in runs_ if a[key] is not None]), 2)
+            for key in ("first_visible_s", "first_stdout_s", "done_s")
+        }
+        for label, runs_ in asks.items()
+    }
+    return {"labels": labels, "pairs": pairs, "summary": summary, "asks": asks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--label", default="after")
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose CLI is timed")
     parser.add_argument("--other-tokens", type=int, default=8192)
     parser.add_argument("--table", nargs="+", metavar="LABEL")
+    parser.add_argument(
+        "--interleave-asks", nargs="+", metavar="LABEL", help="ask again in these runs' homes"
+    )
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
+    if args.interleave_asks:
+        result = interleaved_asks(args.interleave_asks, args.pairs)
+        result["command"] = " ".join(["python -m benchmarks.cli_latency", *sys.argv[1:]])
+        print(write_result("cli_latency_asks", result))
+        return
     if args.table:
         show(table(args.table))
         return

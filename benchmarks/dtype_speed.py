@@ -114,6 +114,10 @@ def main() -> None:
     parser.add_argument("--name", default="dtype_speed")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each decoding cell")
     parser.add_argument("--compress-repeat", type=int, default=2, help="runs of each compression")
+    parser.add_argument("--work", type=Path, help="an earlier run's folder, to reuse its caches")
+    parser.add_argument(
+        "--cache-dtypes", nargs="+", default=list(DTYPES), help="decode from caches built in these"
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
@@ -127,9 +131,14 @@ def main() -> None:
 
     from benchmarks.longtext import document
 
-    work = Path(tempfile.mkdtemp(prefix="homer-dtype-speed-"))
+    if args.work is not None:  # decode again from the caches an earlier run saved there
+        work = args.work
+    else:
+        work = Path(tempfile.mkdtemp(prefix="homer-dtype-speed-"))
+        (work / "document.txt").write_text(
+            document(load_tokenizer(), args.tokens, fact=FACT), encoding="utf-8"
+        )
     doc = work / "document.txt"
-    doc.write_text(document(load_tokenizer(), args.tokens, fact=FACT), encoding="utf-8")
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     compress_runs: list[dict[str, Any]] = []
     for n in range(args.compress_repeat):  # dtypes alternate, so load drifts hit both alike
@@ -138,9 +147,15 @@ def main() -> None:
             compress_runs.append(_child(["compress", str(doc), dtype, str(store)], env))
             compress_runs[-1]["store"] = str(store)
             print(json.dumps(compress_runs[-1]), file=sys.stderr)
-    first = {dtype: next(c for c in compress_runs if c["dtype"] == dtype) for dtype in DTYPES}
+    if compress_runs:
+        first = {dtype: next(c for c in compress_runs if c["dtype"] == dtype) for dtype in DTYPES}
+    else:  # `--compress-repeat 0`: the caches of the earlier run's first cells
+        from homer.store import Store
+
+        stores = {dtype: min(p for p in work.glob(f"{dtype}*") if p.is_dir()) for dtype in DTYPES}
+        first = {d: {"store": str(p), "cache": Store(p).names()[0]} for d, p in stores.items()}
     decode_runs: list[dict[str, Any]] = []
-    cells = [(cache_dtype, dtype) for cache_dtype in DTYPES for dtype in DTYPES]
+    cells = [(cache_dtype, dtype) for cache_dtype in args.cache_dtypes for dtype in DTYPES]
     for n in range(args.repeat):
         for cache_dtype, dtype in cells if n % 2 == 0 else cells[::-1]:
             made = first[cache_dtype]
@@ -184,6 +199,8 @@ def _summary(
     rows = []
     for dtype in DTYPES:
         runs = [c for c in compress_runs if c["dtype"] == dtype]
+        if not runs:
+            continue
         rows.append(
             {
                 "cell": f"compress {dtype}",
@@ -197,6 +214,8 @@ def _summary(
             runs = [
                 d for d in decode_runs if d["dtype"] == dtype and d["cache_dtype"] == cache_dtype
             ]
+            if not runs:
+                continue
             rows.append(
                 {
                     "cell": f"decode {dtype} (cache {cache_dtype})",

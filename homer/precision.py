@@ -1,14 +1,15 @@
 """Which dtype a model runs in for each phase when the user names none.
 
-Compressing a document (the tree's prefills) and decoding an answer (one token at a time) are
-different workloads, and on a CPU they favour different dtypes. Measured with the embedded
-SmolLM2-135M on a 2-core AMD EPYC (`benchmarks/dtype_speed.py`, docs/RESULTS.md "Precision per
-phase"): bfloat16 compresses about 1.6x faster than float32, while float32 decodes many times
-faster than bfloat16 (bfloat16 matrix-vector products take a slow path in PyTorch's CPU kernels),
-with the same greedy answers from the same saved cache. So on the CPU homer compresses in
-bfloat16 and decodes in float32; a bfloat16 cache is turned into float32 once, when it is loaded
-for answering (exact: every bfloat16 value is a float32 value), and saved caches keep the dtype
-they were built in, so every cache stays readable by every phase.
+Compressing a document (the tree's prefills: large matrix products) and decoding an answer
+(one token at a time: matrix-vector products) are different workloads, and on a CPU they favour
+different dtypes. Measured with the embedded SmolLM2-135M on a shared 2-core AMD EPYC
+(`benchmarks/dtype_speed.py`, docs/RESULTS.md "Precision per phase on the CPU"): bfloat16
+compresses a 16k-token document somewhat faster than float32 and saves a cache half the size,
+while float32 decodes about twice as fast as bfloat16, with the same greedy answers from the
+same saved cache. So on the CPU homer compresses in bfloat16 and decodes in float32; a bfloat16
+cache is turned into float32 once, when it is loaded for answering (exact: every bfloat16
+value is a float32 value), and saved caches keep the dtype they were built in, so every cache
+stays readable by every phase.
 
 On a GPU nothing changes: both phases use the device's default (bfloat16 where supported,
 else float16). A dtype the user names (`--dtype`, `ModelChoice.dtype`) applies to every phase.
