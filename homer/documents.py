@@ -165,7 +165,14 @@ def load_document(
             or encrypted PDF without the right password, or a PDF with no extractable text.
     """
     limits = limits if limits is not None else ReadLimits.from_env()
-    document = _load(path_or_dash, password, limits)
+    try:
+        document = _load(path_or_dash, password, limits)
+    except MemoryError:  # limits raised (or 0) past what this machine holds
+        source = "stdin" if str(path_or_dash) == "-" else Path(path_or_dash).name
+        raise DocumentError(
+            f"{source}: too large to hold in this machine's memory; split it, or keep the "
+            "reading limits (ReadLimits) below what the memory holds"
+        ) from None
     if limits.max_tokens:
         tokens = estimate_tokens(document.text)
         if tokens > limits.max_tokens:

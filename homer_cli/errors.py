@@ -95,13 +95,15 @@ def _memory_advice(
     max_chunk_option: bool, hint_max_chunk: int | None, exc: BaseException | None = None
 ) -> str:
     if _is_host_memory(exc):
-        # The machine's RAM, not a GPU's: the document (or what is read at once) is too big.
-        chunk = f" (now {hint_max_chunk})" if hint_max_chunk else ""
-        fix = f", or lower --max-chunk{chunk}" if max_chunk_option else ""
-        return (
-            "out of memory on this machine (RAM): close other programs or use a smaller "
-            f"document (ingest limits it with --max-bytes / --max-doc-tokens){fix}"
-        )
+        # The machine's RAM, not a GPU's. (Reading a document too large for it is refused by
+        # `homer.documents` in its own words; this is the computing.)
+        if max_chunk_option:
+            now = f" (now {hint_max_chunk})" if hint_max_chunk else " (default: half the window)"
+            return (
+                f"out of memory on this machine (RAM): lower --max-chunk{now}, or ingest a "
+                "smaller document (--max-bytes / --max-doc-tokens refuse large ones early)"
+            )
+        return "out of memory on this machine (RAM): close other programs, or use a smaller model"
     if max_chunk_option:
         now = f" (now {hint_max_chunk})" if hint_max_chunk else " (default: half the window)"
         return f"out of memory: lower --max-chunk{now}, or use --dtype bfloat16 / a smaller model"

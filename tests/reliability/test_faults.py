@@ -176,6 +176,8 @@ def test_out_of_memory_while_answering(
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr("homer.generation.generate", explode)
+    # Grounded answers (the default) decode through GenerationStream without `generate`.
+    monkeypatch.setattr("homer.generation.GenerationStream.__iter__", explode)
     args = [command, "Who?"] if command == "ask" else [command]
     err = one_line_error(invoke(*args), "out of memory", "--dtype bfloat16", "smaller model")
     assert "--max-chunk" not in err  # not an option of these commands

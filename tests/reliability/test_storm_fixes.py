@@ -206,8 +206,21 @@ def test_host_out_of_memory_advice(document: Path, monkeypatch: pytest.MonkeyPat
         raise MemoryError
 
     monkeypatch.setattr(homer.documents, "load_document", no_memory)
-    err = one_line_error(invoke("ingest", str(document)), "RAM", "--max-bytes")
-    assert "--max-chunk" in err  # ingest has it; the advice quotes it as a last resort
+    one_line_error(invoke("ingest", str(document)), "RAM", "--max-chunk", "--max-bytes")
+
+
+def test_reading_past_memory_is_a_document_error(
+    document: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading (limits raised past the memory) is not computing: no --max-chunk advice."""
+    import homer.documents
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(homer.documents, "_load_text", no_memory)
+    err = one_line_error(invoke("ingest", str(document), "--max-bytes", "0"), "memory", "split")
+    assert "--max-chunk" not in err
 
 
 # ----------------------------------------------------------------------------- close behind
