@@ -170,11 +170,13 @@ def table(labels: list[str]) -> str:
 
 def interleaved_asks(labels: list[str], pairs: int) -> dict[str, Any]:
     """`ask` again `pairs` times per labelled run, alternating between them (so a change in the
-    machine's load hits each alike), in each run's own HOMER_HOME and code."""
+    machine's load hits each alike), in each run's own HOMER_HOME and code. A label
+    `RUN:OPTIONS` asks in run RUN with those options added (`after:--dtype bfloat16`)."""
     runs = {}
     for label in labels:
-        result = read_result(f"cli_latency_{label}")
-        homes = sorted(Path(tempfile.gettempdir()).glob(f"homer-cli-latency-{label}-*"))
+        run, _, extra = label.partition(":")
+        result = read_result(f"cli_latency_{run}")
+        homes = sorted(Path(tempfile.gettempdir()).glob(f"homer-cli-latency-{run}-*"))
         home = Path(result.get("home") or [h for h in homes if h.is_dir()][-1])
         code = Path(result["code"])
         name = result["steps"]["ingest_first_run"]["stdout"].splitlines()[-1]
@@ -186,7 +188,8 @@ def interleaved_asks(labels: list[str], pairs: int) -> dict[str, Any]:
             "TERM": "xterm-256color",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        runs[label] = (code, env, ["ask", QUESTION, "-c", name, "--max-tokens", "16"])
+        ask = ["ask", QUESTION, "-c", name, "--max-tokens", "16", *extra.split()]
+        runs[label] = (code, env, ask)
     asks: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for n in range(pairs):
         for label in labels if n % 2 == 0 else labels[::-1]:
@@ -219,11 +222,12 @@ def main() -> None:
         "--interleave-asks", nargs="+", metavar="LABEL", help="ask again in these runs' homes"
     )
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--name", default="cli_latency_asks", help="result file of the asks")
     args = parser.parse_args()
     if args.interleave_asks:
         result = interleaved_asks(args.interleave_asks, args.pairs)
         result["command"] = " ".join(["python -m benchmarks.cli_latency", *sys.argv[1:]])
-        print(write_result("cli_latency_asks", result))
+        print(write_result(args.name, result))
         return
     if args.table:
         show(table(args.table))
