@@ -14,6 +14,7 @@ The saved cache is never changed: every pass runs on a fresh copy.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -327,27 +328,46 @@ class GroundedStream:
         template = PromptTemplate.for_tokenizer(tokenizer)
         self._fed = template.conversation(self.history, question)
         self._baseline = template.conversation(self.history, BASELINE_QUESTION)
-        options = dict(generation or {})
-        if document is not None and (grounding.reread or grounding.check):
-            began = time.perf_counter()
-            self.evidence = rank_passages(
-                model,
-                tokenizer,
-                cache,
-                document,
-                self._fed,
-                words=question,
-                baseline_text=self._baseline,
-                passage_chars=grounding.passage_chars,
-                threshold=grounding.threshold,
-                method=grounding.method,
-            )
-            if grounding.reread:
-                self.reread = self._reread_text(options)
-            self.grounding_seconds += time.perf_counter() - began
+        self._cancelled = threading.Event()
+        self._options = dict(generation or {})
+        # Built now so a prompt too long for the window is refused before anything runs; the
+        # passes over the model happen when the answer is iterated (behind a spinner).
         self._stream = GenerationStream(
-            model, tokenizer, cache, question, history=self.history, evidence=self.reread, **options
+            model, tokenizer, cache, question, history=self.history, **self._options
         )
+
+    def _ground(self) -> None:
+        """Rank the passages for the question and, when re-reading, build the answer's stream
+        again with them fed first."""
+        grounding, document = self.grounding, self.document
+        if document is None or not (grounding.reread or grounding.check):
+            return
+        began = time.perf_counter()
+        self.evidence = rank_passages(
+            self.model,
+            self.tokenizer,
+            self.cache,
+            document,
+            self._fed,
+            words=self.question,
+            baseline_text=self._baseline,
+            passage_chars=grounding.passage_chars,
+            threshold=grounding.threshold,
+            method=grounding.method,
+        )
+        if grounding.reread:
+            self.reread = self._reread_text(self._options)
+            if self.reread:
+                self._stream = GenerationStream(
+                    self.model,
+                    self.tokenizer,
+                    self.cache,
+                    self.question,
+                    history=self.history,
+                    evidence=self.reread,
+                    **self._options,
+                )
+        self.grounding_seconds += time.perf_counter() - began
 
     def _reread_text(self, options: dict[str, Any]) -> str:
         assert self.evidence is not None and self.document is not None
@@ -388,13 +408,19 @@ class GroundedStream:
         return fields
 
     def cancel(self) -> None:
+        """Stop the answer before its next token (thread-safe), the grounding before it runs."""
+        self._cancelled.set()
         self._stream.cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self._stream.cancelled
+        return self._cancelled.is_set()
 
     def __iter__(self) -> Iterator[str]:
+        if not self.cancelled:
+            self._ground()
+        if self.cancelled:  # also when cancelled while grounding: the new stream must stop
+            self._stream.cancel()
         yield from self._stream
         if self.document is None or not self.grounding.cite or self.cancelled:
             return

@@ -4,6 +4,7 @@ shows citations and "not in the document" on stderr. Computing them is `homer.gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -50,6 +51,27 @@ REREAD_TOKENS = 1024
 SNIPPET_CHARS = 160
 
 
+@dataclass(frozen=True)
+class GroundingFlags:
+    """What the grounding flags asked for, kept light: the CLI names it before any model
+    loads (`homer.grounding` imports torch), and `build` makes the library's policy."""
+
+    cite: int
+    reread: bool
+    reread_tokens: int
+    check: bool = True
+
+    def build(self) -> Grounding:
+        from homer.grounding import Grounding
+
+        return Grounding(
+            cite=self.cite,
+            reread=self.reread,
+            reread_tokens=self.reread_tokens,
+            check=self.check,
+        )
+
+
 def grounding_from_flags(
     cite: bool,
     cite_top: int,
@@ -58,10 +80,8 @@ def grounding_from_flags(
     *,
     reread_default: bool,
     check: bool = True,
-) -> Grounding:
-    from homer.grounding import Grounding
-
-    return Grounding(
+) -> GroundingFlags:
+    return GroundingFlags(
         cite=cite_top if cite else 0,
         reread=reread_default if reread is None else reread,
         reread_tokens=reread_tokens,
@@ -87,7 +107,7 @@ def show_citations(citations: list[Citation]) -> None:
         say(f'  [{i}] {citation.where}: "{printable(snippet(citation.text))}"')
 
 
-def grounding_fields(stream: Any, grounding: Grounding | None) -> dict[str, Any]:
+def grounding_fields(stream: Any, grounding: GroundingFlags | None) -> dict[str, Any]:
     """The `--json` fields of a grounded answer (none for a plain one; no `citations` unless
     asked for)."""
     if grounding is None or not hasattr(stream, "report"):

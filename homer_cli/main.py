@@ -47,9 +47,9 @@ from homer_cli.serve import serve as serve_command
 from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable, write_answer
 
 if TYPE_CHECKING:
-    from homer.grounding import Grounding
     from homer.precision import Phase
     from homer.service import LoadedModel
+    from homer_cli.grounding import GroundingFlags
 
 app = typer.Typer(
     name="homer",
@@ -664,7 +664,7 @@ def _answer(
     server_url: str | None = None,
     local: bool = False,
     across: bool = False,
-    grounding: Grounding | None = None,
+    grounding: GroundingFlags | None = None,
 ) -> None:
     """Shared body of `ask` and `summarize`: through a running server when one answers (and no
     option says how to load a model here), else in this process. Several `cache_names` are
@@ -725,7 +725,8 @@ def _answer(
         opened = open_cache(loaded, names[0] if names else record.name, store=store)
         cache, records, document = opened.cache, [opened.record], opened.document
     cache_loaded = time.perf_counter()
-    stream = ask(loaded, cache, question, sampling, grounding=grounding, document=document)
+    policy = None if grounding is None else grounding.build()
+    stream = ask(loaded, cache, question, sampling, grounding=policy, document=document)
     if as_json:
         answer = "".join(stream)
     else:
@@ -776,7 +777,7 @@ def _answer_remote(
     top_p: float,
     seed: int | None,
     as_json: bool,
-    grounding: Grounding | None = None,
+    grounding: GroundingFlags | None = None,
 ) -> None:
     """`_answer` through a running server: the same stdout, JSON fields and errors."""
     _setup_logging()
@@ -1034,8 +1035,9 @@ def show(
     kept: Annotated[
         bool,
         typer.Option(
-            "--kept", help="Print the evidence map: the share of the text kept per page (per "
-            "1k-token stretch for text), with a bar each."
+            "--kept",
+            help="Print the evidence map: the share of the text kept per page (per "
+            "1k-token stretch for text), with a bar each.",
         ),
     ] = False,
     kept_text: Annotated[
@@ -1045,7 +1047,8 @@ def show(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="Draw the evidence map to this image file (PNG, SVG or PDF).",
+            "--plot",
+            help="Draw the evidence map to this image file (PNG, SVG or PDF).",
             show_default=False,
         ),
     ] = None,
