@@ -31,6 +31,8 @@ import logging
 import os
 import re
 import sys
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -138,15 +140,18 @@ class Document:
 
     def page_of(self, char_offset: int) -> int | None:
         """1-based page holding `char_offset`, or None for text documents."""
-        if not self.page_map:
-            return None
-        page = 0
-        for i, start in enumerate(self.page_map):
-            if start <= char_offset:
-                page = i
-            else:
-                break
-        return page + 1
+        return locate(char_offset, self.page_map) if self.page_map else None
+
+
+def line_starts(text: str) -> list[int]:
+    """Character offset where each line of `text` starts (line 1 at index 0)."""
+    return [0, *(match.end() for match in re.finditer("\n", text))]
+
+
+def locate(offset: int, starts: Sequence[int]) -> int:
+    """1-based number of the line (or page) holding character `offset`, given where each
+    starts (ascending, the first at 0)."""
+    return max(bisect_right(starts, offset), 1)
 
 
 def load_document(

@@ -24,6 +24,7 @@ import torch
 
 from homer.adapter import ModelAdapter
 from homer.cache import HomerCache
+from homer.documents import line_starts, locate
 from homer.evidence import (
     PASSAGE_CHARS,
     Passage,
@@ -36,7 +37,6 @@ from homer.evidence import (
 )
 from homer.generation import GenerationStats, GenerationStream
 from homer.prompts import PromptTemplate, Turn, encode
-from homer.provenance import line_starts, locate
 
 #: Strength (`homer.evidence.strength` of the lexical ranking) under which an answer is called
 #: not grounded: midway between the needle questions (3.5-4.1) and the questions of absent facts
@@ -155,7 +155,7 @@ class DocumentView:
             end=passage.end,
             score=passage.score,
             text=self.text[passage.start : passage.end].strip(),
-            page=locate(passage.start, list(self.page_map)) if self.page_map else None,
+            page=locate(passage.start, self.page_map) if self.page_map else None,
             lines=(locate(passage.start, self._lines), locate(last, self._lines)),
         )
 
@@ -278,8 +278,10 @@ def reread_text(
     chosen = within_budget(passages, lengths, budget - head)
     if not chosen:
         # Not even the best passage fits whole (a small window): its opening, as much as fits.
+        if not passages:
+            return ""
         room = budget - head - len(encode(tokenizer, f"\n[{labels[0]}] \n"))
-        if not passages or room < _MIN_PIECE:
+        if room < _MIN_PIECE:
             return ""
         ids = encode(tokenizer, pieces[0])[:room]
         return REREAD_HEAD + f"\n[{labels[0]}] {tokenizer.decode(ids)}\n"
@@ -356,7 +358,7 @@ class GroundedStream:
             method=grounding.method,
         )
         if grounding.reread:
-            self.reread = self._reread_text(self._options)
+            self.reread = self._reread_text()
             if self.reread:
                 self._stream = GenerationStream(
                     self.model,
@@ -369,11 +371,11 @@ class GroundedStream:
                 )
         self.grounding_seconds += time.perf_counter() - began
 
-    def _reread_text(self, options: dict[str, Any]) -> str:
+    def _reread_text(self) -> str:
         assert self.evidence is not None and self.document is not None
-        window = ModelAdapter(self.model).window
-        used = self.cache.last_position + 1 + len(encode(self.tokenizer, self._fed))
-        room = window - used - int(options.get("max_new_tokens", 64))  # the answer's room
+        plain = self._stream  # the question without passages: its prompt is `self._fed`
+        used = self.cache.last_position + 1 + len(plain.prompt_ids)
+        room = plain.adapter.window - used - plain.max_new_tokens  # the answer's room
         budget = min(self.grounding.reread_tokens, room)
         if budget <= 0:
             return ""

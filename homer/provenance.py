@@ -67,26 +67,3 @@ def char_spans(sources: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     inside = sources >= 0
     spans[inside] = offsets[sources[inside]].long()
     return spans
-
-
-def line_starts(text: str) -> list[int]:
-    """Character offset where each line of `text` starts (line 1 at index 0)."""
-    starts = [0]
-    index = text.find("\n")
-    while index != -1:
-        starts.append(index + 1)
-        index = text.find("\n", index + 1)
-    return starts
-
-
-def locate(offset: int, starts: list[int]) -> int:
-    """1-based number of the line (or page) whose start is the last one at or before `offset`,
-    given ascending `starts`."""
-    low, high = 0, len(starts)
-    while low < high:
-        mid = (low + high) // 2
-        if starts[mid] <= offset:
-            low = mid + 1
-        else:
-            high = mid
-    return max(low, 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import homer
 from tests.tiny import make_tiny_model_dir
 
 
@@ -28,6 +29,12 @@ def homer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (GQA) and its tokenizer saved with `save_pretrained`."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"), arch="llama")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> homer.LoadedModel:
+    """The tiny model loaded through the library's use-case, once per test module."""
+    return homer.load_model(homer.ModelChoice(name=str(tiny_model_dir), device="cpu"))
 
 
 #: `--max-chunk` every CLI test uses with the tiny model (its window is 256).

@@ -91,11 +91,6 @@ def test_a_citation_names_its_page_and_lines() -> None:
 # ----------------------------------------------------------------------------- the library
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> homer.LoadedModel:
-    return homer.load_model(homer.ModelChoice(name=str(tiny_model_dir), device="cpu"))
-
-
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
     path = tmp_path / "book.txt"
@@ -325,3 +320,10 @@ def test_show_kept_text_and_plot(tiny_model_dir: Path, tmp_path: Path, engine_ho
     drawn = runner.invoke(app, ["show", "b", "--plot", str(image)])
     assert drawn.exit_code == 0, drawn.output
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nothing_to_reread_gives_no_text() -> None:
+    from homer.grounding import reread_text
+    from tests.tiny import make_tiny_tokenizer
+
+    assert reread_text(make_tiny_tokenizer(), DocumentView("some text."), [], 100) == ""

@@ -121,11 +121,6 @@ def test_joining_refuses_caches_that_leave_no_room(tiny: tuple[Any, Any]) -> Non
 # ----------------------------------------------------------------------------- many documents
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> homer.LoadedModel:
-    return homer.load_model(homer.ModelChoice(name=str(tiny_model_dir), device="cpu"))
-
-
 def test_a_batch_saves_each_document_once_reports_failures_and_resumes(
     model: homer.LoadedModel, tmp_path: Path, engine_home: Path
 ) -> None:

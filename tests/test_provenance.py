@@ -10,8 +10,9 @@ import torch
 import homer
 from homer import HomerConfig, compress
 from homer.calibration import calibration_text
+from homer.documents import line_starts, locate
 from homer.prompts import encode_document_spans
-from homer.provenance import char_spans, kept_sources, line_starts, locate
+from homer.provenance import char_spans, kept_sources
 from homer.words import token_kinds, word_ids
 from tests.conftest import MAX_CHUNK
 

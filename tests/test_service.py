@@ -18,11 +18,6 @@ CONFIG = HomerConfig(max_chunk_len=int(MAX_CHUNK))
 QUESTION = "Who sailed across the sea?"
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> homer.LoadedModel:
-    return homer.load_model(homer.ModelChoice(name=str(tiny_model_dir), device="cpu"))
-
-
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
     path = tmp_path / "book.txt"
