@@ -109,9 +109,9 @@ def other_document(path: Path, tokens: int) -> Path:
     return path
 
 
-def measure(label: str, code: Path, other_tokens: int) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix=f"homer-cli-latency-{label}-"))
-    other = other_document(home.parent / f"{home.name}-other.txt", other_tokens)
+def cli_env(home: Path, code: Path) -> dict[str, str]:
+    """The environment a measured command runs in: its own store, no server, `code` on the
+    path, a colour terminal, and the model each cache names (no `HOMER_MODEL`)."""
     env = {
         **os.environ,
         "HOMER_HOME": str(home),
@@ -121,6 +121,13 @@ def measure(label: str, code: Path, other_tokens: int) -> dict[str, Any]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     env.pop("HOMER_MODEL", None)
+    return env
+
+
+def measure(label: str, code: Path, other_tokens: int) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix=f"homer-cli-latency-{label}-"))
+    other = other_document(home.parent / f"{home.name}-other.txt", other_tokens)
+    env = cli_env(home, code)
     steps: dict[str, Any] = {}
     steps["ingest_first_run"] = run_cli(["ingest", str(SAMPLE)], env, code)
     print(json.dumps(steps["ingest_first_run"])[:600], file=sys.stderr)
@@ -180,14 +187,7 @@ def interleaved_asks(labels: list[str], pairs: int) -> dict[str, Any]:
         home = Path(result.get("home") or [h for h in homes if h.is_dir()][-1])
         code = Path(result["code"])
         name = result["steps"]["ingest_first_run"]["stdout"].splitlines()[-1]
-        env = {
-            **os.environ,
-            "HOMER_HOME": str(home),
-            "HOMER_SERVER": "off",
-            "PYTHONPATH": str(code),
-            "TERM": "xterm-256color",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
+        env = cli_env(home, code)
         ask = ["ask", QUESTION, "-c", name, "--max-tokens", "16", *extra.split()]
         runs[label] = (code, env, ask)
     asks: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from benchmarks.common import ROOT, load_tokenizer
@@ -186,12 +187,6 @@ def main() -> None:
     print(path)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _summary(
     compress_runs: list[dict[str, Any]], decode_runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -204,8 +199,8 @@ def _summary(
         rows.append(
             {
                 "cell": f"compress {dtype}",
-                "tokens_per_s": round(_median([c["tokens_per_s"] for c in runs]), 1),
-                "seconds": round(_median([c["compress_s"] for c in runs]), 1),
+                "tokens_per_s": round(median([c["tokens_per_s"] for c in runs]), 1),
+                "seconds": round(median([c["compress_s"] for c in runs]), 1),
                 "n": len(runs),
             }
         )
@@ -219,10 +214,10 @@ def _summary(
             rows.append(
                 {
                     "cell": f"decode {dtype} (cache {cache_dtype})",
-                    "tokens_per_s": round(_median([d["tokens_per_s"] for d in runs]), 2),
-                    "seconds": round(_median([d["decode_s"] for d in runs]), 2),
-                    "first_token_s": round(_median([d["first_token_s"] for d in runs]), 2),
-                    "cache_open_s": round(_median([d["cache_open_s"] for d in runs]), 2),
+                    "tokens_per_s": round(median([d["tokens_per_s"] for d in runs]), 2),
+                    "seconds": round(median([d["decode_s"] for d in runs]), 2),
+                    "first_token_s": round(median([d["first_token_s"] for d in runs]), 2),
+                    "cache_open_s": round(median([d["cache_open_s"] for d in runs]), 2),
                     "n": len(runs),
                 }
             )
