@@ -41,6 +41,7 @@ from benchmarks.needles import (
     make_needle,
     needle_depths,
     needle_offset,
+    one_chunk_tokens,
     run_prose,
     token_excerpt,
     wilson,
@@ -132,7 +133,7 @@ def main() -> None:
     prose = joined_parts(parts)
     baselines = _paired_baselines(args.pair, args.prose, args.seed)
     records: list[dict[str, Any]] = []
-    chunk_tokens = _one_chunk_tokens(model, tokenizer) if args.plain else 0
+    chunk_tokens = one_chunk_tokens(model, tokenizer) if args.plain else 0
 
     for length in args.lengths:
         hay = haystack(tokenizer, prose, length)
@@ -230,18 +231,6 @@ def main() -> None:
             )
             write_result(args.name, {"records": records})
     show(combined_table(records))
-
-
-def _one_chunk_tokens(model: Any, tokenizer: Any) -> int:
-    """Document tokens in one chunk: the chunk less the prompt around it (as many as HOMER's
-    final cache holds), as `benchmarks.needles` sizes its one-chunk baselines."""
-    from homer import HomerConfig, compress
-    from homer.adapter import ModelAdapter
-
-    adapter = ModelAdapter(model)
-    affixes = compress(model, tokenizer, "x", HomerConfig()).info
-    chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=adapter.window)
-    return chunk.max_chunk_len - affixes.prefix_tokens - affixes.suffix_tokens
 
 
 def _skipped(index: int, every: int) -> bool:

@@ -177,6 +177,18 @@ def token_excerpt(tokenizer: Any, text: str, sentence: str, tokens: int, at: flo
         budget -= 8  # re-tokenizing the cut edges may add a token or two
 
 
+def one_chunk_tokens(model: Any, tokenizer: Any) -> int:
+    """Document tokens in one chunk: the chunk less the prompt around it (HOMER's final cache
+    holds exactly as many), the size of the one-chunk baselines."""
+    from homer import HomerConfig, compress
+    from homer.adapter import ModelAdapter
+
+    adapter = ModelAdapter(model)
+    affixes = compress(model, tokenizer, "x", HomerConfig()).info
+    chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=adapter.window)
+    return chunk.max_chunk_len - affixes.prefix_tokens - affixes.suffix_tokens
+
+
 def rule(name: str, model: Any, tokenizer: Any) -> tuple[Any, Any, Any]:
     """(HomerConfig, Ablations, Calibration or None) for a reduction rule: a variant of
     `benchmarks.variants`, or one of two attribution rules with their own calibration."""
@@ -292,15 +304,10 @@ def main() -> None:
     adapter = ModelAdapter(model)
     window = adapter.window
 
-    def one_chunk_tokens() -> int:
-        """Document tokens in one chunk: the chunk less the prompt around it (HOMER's final
-        cache holds exactly as many)."""
-        affixes = compress(model, tokenizer, "x", HomerConfig()).info
-        chunk = HomerConfig().resolve(num_layers=adapter.num_layers, window=window).max_chunk_len
-        return chunk - affixes.prefix_tokens - affixes.suffix_tokens
-
     chunk_tokens = (
-        one_chunk_tokens() if {"one-chunk", "one-chunk-depth"} & set(args.baselines) else 0
+        one_chunk_tokens(model, tokenizer)
+        if {"one-chunk", "one-chunk-depth"} & set(args.baselines)
+        else 0
     )
 
     def run_baseline(
