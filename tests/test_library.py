@@ -208,6 +208,15 @@ def test_cli_ingests_a_folder_then_asks_across_documents(
     assert bad.exit_code == 1 and "--name takes one document" in bad.stderr
 
 
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_two_processes_under_accelerate_launch_split_a_library_and_resume_after_a_kill(
     tiny_model_dir: Path, tmp_path: Path, engine_home: Path
 ) -> None:
@@ -261,6 +270,10 @@ def test_two_processes_under_accelerate_launch_split_a_library_and_resume_after_
     saved_before = set(store.names())
     assert 1 <= len(saved_before) < 6
 
+    # A fresh rendezvous port: the killed launch's may still be held, and a second torchrun
+    # that cannot bind it aborts.
+    port = command.index("--main_process_port") + 1
+    command[port] = str(_free_port())
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout.strip().splitlines()[-1])  # the main process prints them all
