@@ -154,9 +154,12 @@ class HomerCache:
             for k, v, d in zip(self.keys, self.values, devices, strict=True)
         ):
             return self
+        from homer.transfer import move_all
+
+        moved = move_all([*self.keys, *self.values], [*devices, *devices], dtype)
         return HomerCache(
-            keys=[k.to(device=d, dtype=dtype) for k, d in zip(self.keys, devices, strict=True)],
-            values=[v.to(device=d, dtype=dtype) for v, d in zip(self.values, devices, strict=True)],
+            keys=moved[: self.num_layers],
+            values=moved[self.num_layers :],
             token_ids=self.token_ids,
             positions=self.positions,
             last_logits=self.last_logits,
@@ -167,10 +170,16 @@ class HomerCache:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> HomerCache:
-        """A copy on `device` and/or with keys and values in `dtype`."""
+        """A copy on `device` and/or with keys and values in `dtype` (host-to-GPU copies through
+        pinned memory, `homer.transfer`)."""
+        from homer.transfer import move_all
+
+        tensors = [*self.keys, *self.values]
+        target = [t.device if device is None else torch.device(device) for t in tensors]
+        moved = move_all(tensors, target, dtype)
         return HomerCache(
-            keys=[k.to(device=device, dtype=dtype) for k in self.keys],
-            values=[v.to(device=device, dtype=dtype) for v in self.values],
+            keys=moved[: self.num_layers],
+            values=moved[self.num_layers :],
             token_ids=self.token_ids.to(device=device),
             positions=self.positions.to(device=device),
             last_logits=self.last_logits.to(device=device),

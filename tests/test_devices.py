@@ -241,6 +241,42 @@ def test_placement_puts_each_layers_keys_where_the_layer_runs() -> None:
         cache.placed([cpu, cpu, cpu])
 
 
+def test_only_host_to_cuda_copies_go_through_pinned_memory() -> None:
+    from homer.transfer import move_all, pins_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert pins_for(cpu, cuda) is CUDA  # pinning needs CUDA present
+    assert not pins_for(cuda, cpu) and not pins_for(cpu, cpu) and not pins_for(cuda, cuda)
+    tensors = [torch.randn(2, 3), torch.randn(4)]
+    moved = move_all(tensors, [cpu, cpu], torch.float16)
+    assert [t.dtype for t in moved] == [torch.float16, torch.float16]
+    assert torch.equal(moved[0], tensors[0].half()) and torch.equal(moved[1], tensors[1].half())
+    with pytest.raises(ValueError, match="2 tensors for 1 devices"):
+        move_all(tensors, [cpu])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_a_cache_loaded_onto_cuda_through_pinned_memory_is_the_same_cache() -> None:
+    from homer.cache import CacheInfo, HomerCache
+
+    layers = 4
+    cache = HomerCache(
+        keys=[torch.randn(1, 2, 300, 64) for _ in range(layers)],
+        values=[torch.randn(1, 2, 300, 64) for _ in range(layers)],
+        token_ids=torch.arange(300),
+        positions=torch.arange(300),
+        last_logits=torch.zeros(7),
+        info=CacheInfo("", "", None, 300, 0, 0, 1, 0),
+    )
+    for dtype in (None, torch.float16):
+        moved = cache.to("cuda", dtype)
+        for a, b in zip([*cache.keys, *cache.values], [*moved.keys, *moved.values], strict=True):
+            assert b.device.type == "cuda" and not b.is_pinned()
+            assert torch.equal(b.cpu(), a if dtype is None else a.to(dtype))
+        assert moved.token_ids.device.type == "cuda"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_device_auto_loads_through_accelerate(tiny_dirs: dict[str, Path]) -> None:
