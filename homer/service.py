@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from homer.documents import Document
     from homer.generation import GenerationStream
     from homer.grounding import DocumentView, GroundedStream, Grounding
+    from homer.models import ConversionCallback
     from homer.precision import Phase
     from homer.prompts import Turn
     from homer.store import CacheRecord, Store
@@ -100,8 +101,12 @@ class LoadedModel:
         return self.model.device
 
 
-def load_model(choice: ModelChoice | str | None = None) -> LoadedModel:
+def load_model(
+    choice: ModelChoice | str | None = None, progress: ConversionCallback | None = None
+) -> LoadedModel:
     """Load the model `choice` names (a `ModelChoice`, a name, or `None` for the default).
+
+    `progress` is called while a GGUF file is hashed and converted (its first use only).
 
     Raises:
         ModelLoadError: it cannot be found, converted or loaded; the message names it.
@@ -117,6 +122,7 @@ def load_model(choice: ModelChoice | str | None = None) -> LoadedModel:
         device=choice.device,
         dtype=dtype_for(choice.phase, choice.device, choice.dtype),
         trust_remote_code=choice.trust_remote_code,
+        progress=progress,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, id=model_id(model))
 

@@ -47,6 +47,7 @@ from homer_cli.serve import serve as serve_command
 from homer_cli.terminal import SafeFormatter, json_text, markup_safe, printable, write_answer
 
 if TYPE_CHECKING:
+    from homer.models import ConversionProgress
     from homer.precision import Phase
     from homer.service import LoadedModel
     from homer_cli.grounding import GroundingFlags
@@ -270,13 +271,63 @@ def _load_model(
         from rich.console import Console
 
         resolved = resolve_model_name(name)
-        message = f"loading {markup_safe(resolved)}…"
         if conversion_pending(resolved):
-            message = f"converting {markup_safe(resolved)} to safetensors (once; a minute or more)…"
+            with _ConversionBar(markup_safe(resolved)) as bar:
+                return load_model(choice, progress=bar.update)
         console = Console(stderr=True)
-        with console.status(message):
+        with console.status(f"loading {markup_safe(resolved)}…"):
             return load_model(choice)
     return load_model(choice)
+
+
+class _ConversionBar:
+    """A GGUF file's first use on stderr: a bar over the bytes hashed (naming the file by its
+    content), then one over the conversion's three steps (read, tokenizer, write)."""
+
+    #: What runs after each reported stage ends (the steps report when they are done).
+    _NEXT: ClassVar[dict[str, str]] = {
+        "hash": "dequantizing the weights",
+        "read": "reading the tokenizer",
+        "tokenizer": "writing safetensors",
+        "write": "done",
+    }
+
+    def __init__(self, what: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.what = what
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.progress.add_task(f"converting {what} (once)", total=None)
+
+    def __enter__(self) -> _ConversionBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, event: ConversionProgress) -> None:
+        if event.stage == "hash" and event.done < event.total:
+            label, done, total = "hashing the file", event.done, event.total
+        else:
+            # Hashing over, or a conversion step ended: count the three steps.
+            label, done, total = self._NEXT.get(event.stage, event.stage), event.done, 3
+            if event.stage == "hash":
+                done = 0
+        self.progress.update(
+            self.task,
+            description=f"converting {self.what} (once): {label}",
+            completed=done,
+            total=total,
+        )
 
 
 def _human_bytes(size: float) -> str:

@@ -228,3 +228,29 @@ def test_an_ollama_model_is_found_through_its_manifest(
     with pytest.raises(ModelLoadError, match="no ollama model 'ollama:tiny:latest'") as info:
         models.load_model("ollama:tiny")
     assert "ollama pull tiny:latest" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_conversion_bar_names_the_step_under_way() -> None:
+    from homer.models import ConversionProgress
+    from homer_cli.main import _ConversionBar
+
+    path = Path("model.gguf")
+    seen = []
+    with _ConversionBar("model.gguf") as bar:
+        for stage, done, total in [
+            ("hash", 5, 10),
+            ("hash", 10, 10),
+            ("read", 1, 3),
+            ("tokenizer", 2, 3),
+            ("write", 3, 3),
+        ]:
+            bar.update(ConversionProgress(stage, done, total, path))
+            task = bar.progress.tasks[0]
+            seen.append((task.description.split(": ")[1], task.completed, task.total))
+    assert seen == [
+        ("hashing the file", 5, 10),
+        ("dequantizing the weights", 0, 3),
+        ("reading the tokenizer", 1, 3),
+        ("writing safetensors", 2, 3),
+        ("done", 3, 3),
+    ]
