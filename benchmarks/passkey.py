@@ -1,6 +1,12 @@
 """Passkey retrieval: a 5-digit key hidden at a known depth in repetitive filler text.
 
     python -m benchmarks.passkey --lengths 8000 16000 32000 --trials 20
+    python -m benchmarks.passkey --model FILE.gguf --lengths 65536 --trials 10 \
+        --baseline-trials 10 --methods homer truncated ntk
+
+`--model` takes any model homer loads (a GGUF file, a folder, a Hub id); every record has its
+time and its peak memory above the loaded model (`benchmarks.memory.Meter`: resident set on the
+CPU, allocated memory on CUDA).
 
 For every length and trial, the same haystack and key go to every method, so methods are
 compared on identical inputs. Methods:
@@ -228,7 +234,7 @@ def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) 
 
 
 def heatmaps(
-    records: list[dict[str, Any]], methods: list[str], lengths: list[int], name: str
+    records: list[dict[str, Any]], methods: list[str], lengths: list[int], name: str, model: str
 ) -> str:
     """One accuracy heat map (depth x length) per method, side by side; returns the PNG path."""
     plt = pyplot()
@@ -260,7 +266,7 @@ def heatmaps(
                 if not torch.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=6)
     axes[0][0].set_ylabel("needle depth")
-    fig.suptitle("Passkey accuracy by length and depth (SmolLM2-135M, 8k window)", fontsize=9)
+    fig.suptitle(f"Passkey accuracy by length and depth ({model})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, f"{name}_heatmap.png")
 
@@ -276,15 +282,20 @@ def main() -> None:
         default=["homer", "homer-aware", "homer-nobias", "plain", "truncated"],
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="a model homer loads (default: embedded)")
     parser.add_argument("--name", default="passkey")
     args = parser.parse_args()
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {sorted(METHODS)}")
 
+    from benchmarks.memory import Meter
     from homer.tree import SubtreeMemo
 
-    base, tokenizer = load()
+    base, tokenizer = load(args.model)
+    device = str(base.device)
+    window = int(base.config.max_position_embeddings)
+    model_label = f"{args.model or 'SmolLM2-135M'}, {window // 1000}k window"
     records: list[dict[str, Any]] = []
     for length in args.lengths:
         rng = random.Random(args.seed * 1000 + length)
@@ -302,6 +313,7 @@ def main() -> None:
             )
             for t, (depth, key) in enumerate(trials[:count]):
                 text = haystack(tokenizer, length, depth, key)
+                meter = Meter(device)
                 began = time.perf_counter()
                 kept = None
                 if method.kind == "homer":
@@ -310,6 +322,7 @@ def main() -> None:
                 else:
                     answer = run_plain(model, tokenizer, text, truncate=method.kind == "truncated")
                 seconds = time.perf_counter() - began
+                peak = meter.peak()
                 record = {
                     "method": name,
                     "length": length,
@@ -320,11 +333,13 @@ def main() -> None:
                     "correct": str(key) in answer,
                     "key_in_cache": kept,
                     "seconds": round(seconds, 2),
+                    "peak_mib": round(peak, 1),
                 }
                 records.append(record)
                 print(
                     f"{name:13s} {length:6d} depth={depth:.3f} key={key} "
-                    f"{'OK ' if record['correct'] else 'no '} {seconds:6.1f}s {answer!r}",
+                    f"{'OK ' if record['correct'] else 'no '} {seconds:6.1f}s {peak:7.0f} MiB "
+                    f"{answer!r}",
                     flush=True,
                 )
                 write_result(args.name, {"records": records})
@@ -336,8 +351,10 @@ def main() -> None:
 
     lengths = list(args.lengths)
     table = method_table(args.methods, lengths, lambda n: f"{n // 1000}k", accuracy)
-    image = heatmaps(records, list(args.methods), lengths, args.name)
-    write_result(args.name, {"records": records, "table": table, "heatmap": image})
+    image = heatmaps(records, list(args.methods), lengths, args.name, model_label)
+    write_result(
+        args.name, {"model": model_label, "records": records, "table": table, "heatmap": image}
+    )
     show(table, image, "heat map")
 
 
