@@ -16,7 +16,10 @@ four caches to fit the window together. Each question is asked (greedy, 24 token
   order: how much the document nearest the question matters);
 - `router top-2, best last`: from the two caches BM25 ranks first (`choose_caches(limit=2)`),
   the best one joined last, as `homer ask --all` does;
-and the router's top-1 choice is checked against the fact's document.
+each from the cache(s) alone, and (`, re-reading`) for three of them as `homer ask` answers by
+default: the best passages of every document joined re-read after the cache, 3 cited
+(`homer.grounding`). The router's top-1 choice, and whether the first citation across all four
+lies in the fact's document, are checked too.
 
     python -m benchmarks.library across --tokens 4000 --needles 3
     python -m benchmarks.library throughput --docs 8
@@ -61,6 +64,7 @@ def sources() -> dict[str, str]:
 def across(args: argparse.Namespace) -> None:
     import homer
     from homer import HomerConfig
+    from homer.grounding import Grounding
     from homer.library import choose_caches, open_joined
     from homer.service import Sampling
 
@@ -95,43 +99,83 @@ def across(args: argparse.Namespace) -> None:
             flush=True,
         )
     sampling = Sampling(max_new_tokens=QUESTION_TOKENS)
-    alone = {s: homer.open_cache(model, names[s], store=store).cache for s in names}
-    joined, _ = open_joined(model, list(names.values()), store=store)
+    # As `homer ask` answers: re-reading the best passages (of every document joined), citing 3.
+    grounding = Grounding(cite=3, reread=True)
+    alone = {s: open_joined(model, [names[s]], store=store) for s in names}
+    joined = open_joined(model, list(names.values()), store=store)
     records = []
     for fact in facts:
         choice = choose_caches(store, fact["question"], model, limit=2)
-        top2, _ = open_joined(model, list(reversed(choice.names)), store=store)
+        top2 = open_joined(model, list(reversed(choice.names)), store=store)
         right = names[fact["source"]]
-        right_last, _ = open_joined(
+        right_last = open_joined(
             model, [n for n in names.values() if n != right] + [right], store=store
         )
-        replies = {
-            "right cache alone": alone[fact["source"]],
-            "all four joined": joined,
-            "all four, the right one last": right_last,
-            "router top-2, best last": top2,
+        arms = {
+            "right cache alone": (alone[fact["source"]], False),
+            "all four joined": (joined, False),
+            "all four, the right one last": (right_last, False),
+            "router top-2, best last": (top2, False),
+            "right cache alone, re-reading": (alone[fact["source"]], True),
+            "all four joined, re-reading": (joined, True),
+            "router top-2, re-reading": (top2, True),
         }
         record = {
             **fact,
             "router": choice.names,
             "router_top1": choice.names[0] == names[fact["source"]],
         }
-        for arm, cache in replies.items():
-            reply = "".join(homer.ask(model, cache, fact["question"], sampling))
-            record[arm] = {"answer": reply, "correct": answered(fact["key"], reply)}
+        for arm, (opened, reread) in arms.items():
+            began = time.perf_counter()
+            if reread:
+                stream = homer.ask(
+                    model,
+                    opened.cache,
+                    fact["question"],
+                    sampling,
+                    grounding=grounding,
+                    document=opened.document,
+                )
+                reply = "".join(stream)
+                cited = [c.source or names[fact["source"]] for c in stream.citations]
+            else:
+                reply = "".join(homer.ask(model, opened.cache, fact["question"], sampling))
+                cited = []
+            record[arm] = {
+                "answer": reply,
+                "correct": answered(fact["key"], reply),
+                "seconds": round(time.perf_counter() - began, 2),
+            }
+            if cited:
+                record[arm]["cited"] = cited
+                record[arm]["cites_right_document"] = cited[0] == right
         records.append(record)
         print(
             f"{fact['source']:12s} {fact['key']!r:18s} router={choice.names[0]} "
-            + " ".join(f"{arm}={record[arm]['correct']}" for arm in replies),
+            + " ".join(f"{arm}={record[arm]['correct']}" for arm in arms),
             flush=True,
         )
         write_result(args.name, {"records": records, "caches": names, "budget": args.budget})
-    arms = list(replies)
-    rows = [[arm, rate(sum(r[arm]["correct"] for r in records), len(records))] for arm in arms]
+    names_of_arms = list(arms)
+    rows = [
+        [arm, rate(sum(r[arm]["correct"] for r in records), len(records))] for arm in names_of_arms
+    ]
     rows.append(
         [
             "router top-1 is the fact's document",
             rate(sum(r["router_top1"] for r in records), len(records)),
+        ]
+    )
+    rows.append(
+        [
+            "first citation (all four joined) is in the fact's document",
+            rate(
+                sum(
+                    r["all four joined, re-reading"].get("cites_right_document", False)
+                    for r in records
+                ),
+                len(records),
+            ),
         ]
     )
     table = markdown_table(["question asked from", "right"], rows)

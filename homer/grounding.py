@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,11 +94,12 @@ class Citation:
     """A passage an answer rests on.
 
     Attributes:
-        start / end: `[start, end)` characters in the document.
+        start / end: `[start, end)` characters in its document.
         score: its share of the attention (passages' scores sum to one).
         text: the passage's text.
         page: the PDF page it starts on, or None for text.
-        lines: first and last line (1-based) it spans in the document text.
+        lines: first and last line (1-based) it spans in its document's text.
+        source: the name of its document's cache, in an answer across several; else None.
     """
 
     start: int
@@ -106,13 +108,15 @@ class Citation:
     text: str
     page: int | None
     lines: tuple[int, int]
+    source: str | None = None
 
     @property
     def where(self) -> str:
-        """`p. 12, lines 340-352`, or `lines 340-352` for text."""
+        """`p. 12, lines 340-352`, `lines 340-352` for text, after `name, ` across documents."""
         first, last = self.lines
         lines = f"line {first}" if first == last else f"lines {first}-{last}"
-        return lines if self.page is None else f"p. {self.page}, {lines}"
+        place = lines if self.page is None else f"p. {self.page}, {lines}"
+        return place if self.source is None else f"{self.source}, {place}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Citation:
@@ -124,10 +128,12 @@ class Citation:
             text=str(data["text"]),
             page=None if data.get("page") is None else int(data["page"]),
             lines=(int(first), int(last)),
+            source=None if data.get("document") is None else str(data["document"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        place = {} if self.source is None else {"document": self.source}
+        return place | {
             "page": self.page,
             "lines": list(self.lines),
             "start": self.start,
@@ -137,18 +143,61 @@ class Citation:
         }
 
 
+#: What stands between two documents' texts in a joined view (a paragraph break).
+JOIN_SEPARATOR = "\n\n"
+
+
 @dataclass(frozen=True)
 class DocumentView:
-    """The document's text as saved with a cache, and how to name a place in it."""
+    """The document's text as saved with a cache, and how to name a place in it.
+
+    A view of several documents (`DocumentView.joined`, for caches asked together) holds their
+    texts one after another in `text`; its passages never cross from one document to the next,
+    and its citations name the document and count pages and lines within it.
+    """
 
     text: str
     page_map: tuple[int, ...] = ()
+    name: str | None = None
+    parts: tuple[DocumentView, ...] = ()
     _lines: list[int] = field(default_factory=list, compare=False, repr=False)
+    _offsets: list[int] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lines", line_starts(self.text))
+        offsets, at = [], 0
+        for part in self.parts:
+            offsets.append(at)
+            at += len(part.text) + len(JOIN_SEPARATOR)
+        object.__setattr__(self, "_offsets", offsets)
+
+    @classmethod
+    def joined(cls, parts: Sequence[DocumentView]) -> DocumentView:
+        """One view of `parts` in order (each named), their texts joined by `JOIN_SEPARATOR`."""
+        return cls(JOIN_SEPARATOR.join(p.text for p in parts), parts=tuple(parts))
+
+    @property
+    def offsets(self) -> list[int]:
+        """Where each part's text starts in `text` (empty for a single document)."""
+        return list(self._offsets)
+
+    def passages(self, target: int = PASSAGE_CHARS) -> list[tuple[int, int]]:
+        """`[start, end)` passages covering the text (`homer.evidence.split_passages`), split
+        within each part of a joined view."""
+        if not self.parts:
+            return split_passages(self.text, target)
+        return [
+            (offset + a, offset + b)
+            for part, offset in zip(self.parts, self._offsets, strict=True)
+            for a, b in split_passages(part.text, target)
+        ]
 
     def citation(self, passage: Passage) -> Citation:
+        if self.parts:
+            i = max(0, bisect_right(self._offsets, passage.start) - 1)
+            at = self._offsets[i]
+            local = Passage(passage.start - at, passage.end - at, passage.score)
+            return self.parts[i].citation(local)
         last = max(passage.start, passage.end - 1)
         return Citation(
             start=passage.start,
@@ -157,6 +206,7 @@ class DocumentView:
             text=self.text[passage.start : passage.end].strip(),
             page=locate(passage.start, self.page_map) if self.page_map else None,
             lines=(locate(passage.start, self._lines), locate(last, self._lines)),
+            source=self.name,
         )
 
 
@@ -236,7 +286,7 @@ def rank_passages(
         attentions = adapter.attention_after(placed.to_dynamic_cache(), ids, start)
         return token_evidence(attentions, in_document)
 
-    bounds = split_passages(document.text, passage_chars)
+    bounds = document.passages(passage_chars)
     if baseline is None:
         baseline = evidence_of(baseline_text)
     attention = passage_scores(lift(evidence_of(fed_text), baseline), spans, bounds)

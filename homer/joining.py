@@ -54,7 +54,10 @@ def question_room(window: int) -> int:
 
 
 def join_caches(
-    model: torch.nn.Module, caches: Sequence[HomerCache], room: int | None = None
+    model: torch.nn.Module,
+    caches: Sequence[HomerCache],
+    room: int | None = None,
+    text_offsets: Sequence[int] | None = None,
 ) -> HomerCache:
     """One cache holding `caches` in order, at consecutive positions.
 
@@ -62,6 +65,9 @@ def join_caches(
         model: the model every cache was built with (its rotary embedding turns the keys).
         caches: caches on the model's device and dtype, each at compact positions.
         room: tokens that must stay free in the window after them (default: `question_room`).
+        text_offsets: where each cache's document starts in the documents' texts joined
+            (`homer.grounding.DocumentView.joined`): the joined cache's spans point into that
+            text. Without them, or when a cache keeps no spans, the joined cache keeps none.
 
     Raises:
         ValueError: no caches, or caches of different shapes (another model).
@@ -117,4 +123,23 @@ def join_caches(
         positions=torch.cat(positions),
         last_logits=caches[-1].last_logits,
         info=info,
+        spans=join_spans([cache.spans for cache in caches], text_offsets),
     )
+
+
+def join_spans(
+    spans: Sequence[torch.Tensor | None], offsets: Sequence[int] | None
+) -> torch.Tensor | None:
+    """Each cache's `(T_i, 2)` character spans moved by its document's offset in the joined
+    text and concatenated (`(sum T_i, 2)`); spans of prompt tokens (`-1`) stay `-1`. None when
+    `offsets` is None or any cache has no spans."""
+    if offsets is None or any(s is None for s in spans):
+        return None
+    if len(offsets) != len(spans):
+        raise ValueError(f"{len(offsets)} text offsets for {len(spans)} caches")
+    moved = [
+        torch.where(s >= 0, s + offset, s)
+        for s, offset in zip(spans, offsets, strict=True)
+        if s is not None
+    ]
+    return torch.cat(moved)

@@ -28,6 +28,7 @@ from homer.errors import CacheError, HomerError
 if TYPE_CHECKING:
     from homer.cache import HomerCache
     from homer.config import HomerConfig
+    from homer.grounding import DocumentView
     from homer.service import LoadedModel
     from homer.store import CacheRecord, Store
     from homer.tree import ProgressCallback
@@ -249,13 +250,29 @@ def choose_caches(
     return Choice(names=chosen, scores={r.name: s for r, s in zip(records, scores, strict=True)})
 
 
+@dataclass(frozen=True)
+class Joined:
+    """Caches opened and joined for one question.
+
+    Attributes:
+        cache: the joined cache (its spans point into `document.text` when it can cite).
+        records: each cache's record, in the order joined.
+        document: their saved texts as one view whose citations name each document, or None
+            when any of them cannot cite (saved before format 2).
+    """
+
+    cache: HomerCache
+    records: list[CacheRecord]
+    document: DocumentView | None
+
+
 def open_joined(
     model: LoadedModel,
     names: Sequence[str],
     *,
     store: Store | None = None,
     room: int | None = None,
-) -> tuple[HomerCache, list[CacheRecord]]:
+) -> Joined:
     """Load caches `names` for `model` and join them, in that order, into one cache, leaving
     `room` tokens of the window free (default `homer.joining.question_room`).
 
@@ -263,11 +280,25 @@ def open_joined(
         CacheNotFoundError, CacheMismatchError, CacheError: as `homer.service.open_cache`.
         JoinTooLongError: together they do not fit the model's window with room for a question.
     """
+    from homer.grounding import DocumentView
     from homer.joining import join_caches
     from homer.service import open_cache
     from homer.store import Store
 
     store = store or Store()
     opened = [open_cache(model, name, store=store) for name in dict.fromkeys(names)]
-    joined = join_caches(model.model, [o.cache for o in opened], room)
-    return joined, [o.record for o in opened]
+    views = [o.document for o in opened]
+    document = None
+    if all(view is not None for view in views):
+        document = DocumentView.joined(
+            [
+                dataclasses.replace(view, name=o.name)
+                for view, o in zip(views, opened, strict=True)
+                if view is not None
+            ]
+        )
+    offsets = None if document is None else document.offsets
+    joined = join_caches(model.model, [o.cache for o in opened], room, offsets)
+    if len(opened) == 1:
+        document = views[0]  # one document: cited as `ask` on it alone cites it
+    return Joined(joined, [o.record for o in opened], document)

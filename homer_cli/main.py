@@ -768,10 +768,10 @@ def _answer(
     if len(names) > 1:
         from homer.library import open_joined
 
-        cache, records = open_joined(loaded, names, store=store)
-        if grounding is not None and grounding.cite:
-            _notice("--cite reads one cache at a time; answering without citations")
-        grounding = None
+        # Citations name each document; a cache saved without its text (format 1) makes the
+        # whole join uncitable, reported as for one such cache.
+        joined = open_joined(loaded, names, store=store)
+        cache, records, document = joined.cache, joined.records, joined.document
     else:
         opened = open_cache(loaded, names[0] if names else record.name, store=store)
         cache, records, document = opened.cache, [opened.record], opened.document

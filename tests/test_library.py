@@ -147,13 +147,77 @@ def test_a_batch_saves_each_document_once_reports_failures_and_resumes(
     assert len(homer.Store().names()) == 2
 
     # Two documents joined answer from one cache; the router ranks by kept text.
-    joined, records = open_joined(model, [names["one.txt"], names["two.md"]], room=64)
+    both = open_joined(model, [names["one.txt"], names["two.md"]], room=64)
+    joined, records, view = both.cache, both.records, both.document
     assert [r.name for r in records] == [names["one.txt"], names["two.md"]]
     assert joined.length == sum(r.cache_tokens for r in records)
+    # The joined cache's spans point into both texts, each kept token at its own words.
+    assert view is not None and joined.spans is not None
+    assert [p.name for p in view.parts] == [r.name for r in records]
+    for (start, end), token in zip(joined.spans.tolist(), joined.token_ids.tolist(), strict=True):
+        if start >= 0:
+            piece = str(model.tokenizer.decode([token])).strip()
+            assert piece in view.text[start:end] or not piece
+    assert view.text[view.offsets[1] :] == TEXT[2000:3500]
     words = TEXT[2000:3500].split()
     question = f"What about {words[len(words) // 2]} {words[len(words) // 2 + 1]}?"
     choice = choose_caches(homer.Store(), question, model, limit=1, room=64)
     assert len(choice.names) == 1 and set(choice.scores) == set(names.values()) - {None}
+
+
+def test_a_question_across_documents_cites_each_passage_in_its_own_document(
+    model: homer.LoadedModel, tmp_path: Path, engine_home: Path
+) -> None:
+    from homer.grounding import Citation, Grounding, reread_text
+
+    (tmp_path / "harbour.txt").write_text(TEXT[:1500])
+    (tmp_path / "mill.txt").write_text(
+        "The miller Orlan Venner kept 48213 sacks.\n\n" + TEXT[3000:4200]
+    )
+    names = [
+        homer.ingest(tmp_path / f, model, config=CONFIG).name for f in ("harbour.txt", "mill.txt")
+    ]
+    both = open_joined(model, names, room=64)
+    assert both.document is not None
+    stream = homer.ask(
+        model,
+        both.cache,
+        "How many sacks did Orlan Venner keep?",
+        homer.Sampling(max_new_tokens=4),
+        grounding=Grounding(cite=3, reread=True, reread_tokens=64, method="lexical"),
+        document=both.document,
+    )
+    "".join(stream)
+    assert stream.citations and {c.source for c in stream.citations} <= set(names)
+    best = stream.citations[0]
+    assert best.source == names[1] and "Orlan Venner" in best.text  # ranked by its words
+    assert best.start == 0 and best.lines[0] == 1  # counted within its own document
+    assert best.where.startswith(f"{names[1]}, line")
+    assert best.to_dict()["document"] == names[1]
+    assert Citation.from_dict(best.to_dict()).source == names[1]
+    # Re-read passages are labelled by their document (a budget the tiny window cannot give).
+    assert stream.evidence is not None
+    harbour = next(p for p in stream.evidence.passages if p.start < both.document.offsets[1])
+    text = reread_text(model.tokenizer, both.document, [stream.evidence.passages[0], harbour], 2000)
+    assert f"[{names[1]}, line" in text and f"[{names[0]}, line" in text
+
+
+def test_joined_views_keep_passages_inside_their_documents() -> None:
+    from homer.evidence import Passage
+    from homer.grounding import DocumentView
+
+    first = DocumentView("alpha one.\nalpha two.\n" * 40, name="a")
+    second = DocumentView("beta one.\nbeta two.\n" * 40, name="b")
+    view = DocumentView.joined([first, second])
+    assert view.offsets == [0, len(first.text) + 2]
+    bounds = view.passages(100)
+    for start, end in bounds:
+        inside = [i for i, at in enumerate(view.offsets) if at <= start]
+        part = inside[-1]
+        assert end <= view.offsets[part] + len(view.parts[part].text)
+    citation = view.citation(Passage(view.offsets[1] + 10, view.offsets[1] + 19, 0.5))
+    assert (citation.source, citation.start, citation.lines) == ("b", 10, (2, 2))
+    assert citation.text == "beta two."
 
 
 # ----------------------------------------------------------------------------- the command line
