@@ -153,13 +153,16 @@ class DocumentView:
 
     A view of several documents (`DocumentView.joined`, for caches asked together) holds their
     texts one after another in `text`; its passages never cross from one document to the next,
-    and its citations name the document and count pages and lines within it.
+    and its citations name the document and count pages and lines within it. `searched` limits
+    the passages ranked (re-read, cited) to some of its parts; the others still take part in
+    the answer through their caches.
     """
 
     text: str
     page_map: tuple[int, ...] = ()
     name: str | None = None
     parts: tuple[DocumentView, ...] = ()
+    searched: tuple[int, ...] = ()
     _lines: list[int] = field(default_factory=list, compare=False, repr=False)
     _offsets: list[int] = field(default_factory=list, compare=False, repr=False)
 
@@ -172,9 +175,16 @@ class DocumentView:
         object.__setattr__(self, "_offsets", offsets)
 
     @classmethod
-    def joined(cls, parts: Sequence[DocumentView]) -> DocumentView:
-        """One view of `parts` in order (each named), their texts joined by `JOIN_SEPARATOR`."""
-        return cls(JOIN_SEPARATOR.join(p.text for p in parts), parts=tuple(parts))
+    def joined(
+        cls, parts: Sequence[DocumentView], searched: Sequence[int] | None = None
+    ) -> DocumentView:
+        """One view of `parts` in order (each named), their texts joined by `JOIN_SEPARATOR`;
+        passages are taken from the parts indexed by `searched` (default: all)."""
+        chosen = tuple(range(len(parts)) if searched is None else sorted(set(searched)))
+        if not all(0 <= i < len(parts) for i in chosen):
+            raise ValueError(f"searched parts {list(chosen)} outside 0..{len(parts) - 1}")
+        text = JOIN_SEPARATOR.join(p.text for p in parts)
+        return cls(text, parts=tuple(parts), searched=chosen)
 
     @property
     def offsets(self) -> list[int]:
@@ -187,9 +197,9 @@ class DocumentView:
         if not self.parts:
             return split_passages(self.text, target)
         return [
-            (offset + a, offset + b)
-            for part, offset in zip(self.parts, self._offsets, strict=True)
-            for a, b in split_passages(part.text, target)
+            (self._offsets[i] + a, self._offsets[i] + b)
+            for i in self.searched
+            for a, b in split_passages(self.parts[i].text, target)
         ]
 
     def citation(self, passage: Passage) -> Citation:

@@ -272,9 +272,11 @@ def open_joined(
     *,
     store: Store | None = None,
     room: int | None = None,
+    search: Sequence[str] | None = None,
 ) -> Joined:
     """Load caches `names` for `model` and join them, in that order, into one cache, leaving
-    `room` tokens of the window free (default `homer.joining.question_room`).
+    `room` tokens of the window free (default `homer.joining.question_room`). Re-reading and
+    citations search the documents of caches `search` (default: all of them).
 
     Raises:
         CacheNotFoundError, CacheMismatchError, CacheError: as `homer.service.open_cache`.
@@ -290,12 +292,14 @@ def open_joined(
     views = [o.document for o in opened]
     document = None
     if all(view is not None for view in views):
+        named = [o.name for o in opened]
         document = DocumentView.joined(
             [
                 dataclasses.replace(view, name=o.name)
                 for view, o in zip(views, opened, strict=True)
                 if view is not None
-            ]
+            ],
+            None if search is None else [named.index(n) for n in search if n in named],
         )
     offsets = None if document is None else document.offsets
     joined = join_caches(model.model, [o.cache for o in opened], room, offsets)

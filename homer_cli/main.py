@@ -770,7 +770,10 @@ def _answer(
 
         # Citations name each document; a cache saved without its text (format 1) makes the
         # whole join uncitable, reported as for one such cache.
-        joined = open_joined(loaded, names, store=store)
+        # --all re-reads and cites the document the router ranked first: the others' passages
+        # brought in facts of the same shape that misled the model (docs/RESULTS.md, library).
+        search = [names[-1]] if across else None
+        joined = open_joined(loaded, names, store=store, search=search)
         cache, records, document = joined.cache, joined.records, joined.document
     else:
         opened = open_cache(loaded, names[0] if names else record.name, store=store)

@@ -215,6 +215,11 @@ def test_joined_views_keep_passages_inside_their_documents() -> None:
         inside = [i for i, at in enumerate(view.offsets) if at <= start]
         part = inside[-1]
         assert end <= view.offsets[part] + len(view.parts[part].text)
+    assert view.passages(100) == bounds and bounds[0][0] == 0
+    only_b = DocumentView.joined([first, second], searched=[1]).passages(100)
+    assert only_b == [b for b in bounds if b[0] >= view.offsets[1]]  # a's passages left out
+    with pytest.raises(ValueError, match="outside"):
+        DocumentView.joined([first, second], searched=[2])
     citation = view.citation(Passage(view.offsets[1] + 10, view.offsets[1] + 19, 0.5))
     assert (citation.source, citation.start, citation.lines) == ("b", 10, (2, 2))
     assert citation.text == "beta two."
@@ -267,6 +272,19 @@ def test_cli_ingests_a_folder_then_asks_across_documents(
     chosen = runner.invoke(app, ["ask", "Who?", "--all", "-n", "3", "--json", "--local"])
     assert chosen.exit_code == 0, chosen.output
     assert set(json.loads(chosen.stdout)["caches"]) <= set(names)
+
+    # Citations across documents name theirs; --all cites the router's first choice only.
+    cited = runner.invoke(
+        app, ["ask", "Who?", "-c", names[0], "-c", names[1], "-n", "3", "--json", "--cite"]
+    )
+    assert cited.exit_code == 0, cited.output
+    documents = {c["document"] for c in json.loads(cited.stdout)["citations"]}
+    assert documents and documents <= set(names)
+    picked = runner.invoke(app, ["ask", "Who?", "--all", "-n", "3", "--json", "--cite"])
+    assert picked.exit_code == 0, picked.output
+    reply = json.loads(picked.stdout)
+    assert len(reply["caches"]) == 2  # both fit the window; the first choice is read last
+    assert {c["document"] for c in reply["citations"]} == {reply["caches"][-1]}
 
     bad = runner.invoke(app, ["ingest", str(shelf), "--name", "x", *common])
     assert bad.exit_code == 1 and "--name takes one document" in bad.stderr
