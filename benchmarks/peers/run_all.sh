@@ -11,7 +11,7 @@ LOCK=/tmp/homer-heavy.lock
 RUN="python -m benchmarks.peers --length 2000 --budgets 0.875"
 METHODS="plain homer snapkv expected_attention streaming_llm rerotated_expected_attention"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(a b combine)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(a b c combine)
 for step in "${STEPS[@]}"; do
   case $step in
     a) flock $LOCK $RUN --items 3 --methods $METHODS --tasks niah_single niah_multikey \
@@ -19,9 +19,12 @@ for step in "${STEPS[@]}"; do
     # the other five tasks in one locked call of about 25 minutes, the plain model through
     # homer's code (one chunk, no pruning) beside kvpress's plain: both read the same token ids
     b) flock $LOCK $RUN --items 2 --methods plain-homer $METHODS \
-         --tasks niah_multivalue niah_multiquery vt cwe fwe --name peers_2k_b ;;
+         --tasks niah_multivalue --name peers_2k_b ;;
+    # the other four tasks, with Knorm
+    c) flock $LOCK $RUN --items 2 --methods plain homer snapkv expected_attention streaming_llm \
+         knorm rerotated_expected_attention --tasks niah_multiquery vt cwe fwe --name peers_2k_c ;;
     combine) python -m benchmarks.peers --combine \
-         $(for n in peers_2k_a peers_2k_b; do
+         $(for n in peers_2k_a peers_2k_b peers_2k_c; do
              [ -f benchmarks/results/$n.json ] && echo $n; done) --name peers ;;
   esac
 done
