@@ -281,6 +281,7 @@ def open_joined(
     Raises:
         CacheNotFoundError, CacheMismatchError, CacheError: as `homer.service.open_cache`.
         JoinTooLongError: together they do not fit the model's window with room for a question.
+        ValueError: `search` names a cache that is not among `names`.
     """
     from homer.grounding import DocumentView
     from homer.joining import join_caches
@@ -288,6 +289,9 @@ def open_joined(
     from homer.store import Store
 
     store = store or Store()
+    unknown = [n for n in search or () if n not in names]
+    if unknown:
+        raise ValueError(f"search names caches not joined: {', '.join(unknown)}")
     opened = [open_cache(model, name, store=store) for name in dict.fromkeys(names)]
     views = [o.document for o in opened]
     document = None
@@ -299,7 +303,7 @@ def open_joined(
                 for view, o in zip(views, opened, strict=True)
                 if view is not None
             ],
-            None if search is None else [named.index(n) for n in search if n in named],
+            None if search is None else [named.index(n) for n in search],
         )
     offsets = None if document is None else document.offsets
     joined = join_caches(model.model, [o.cache for o in opened], room, offsets)

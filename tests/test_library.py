@@ -179,6 +179,8 @@ def test_a_question_across_documents_cites_each_passage_in_its_own_document(
     ]
     both = open_joined(model, names, room=64)
     assert both.document is not None
+    with pytest.raises(ValueError, match="search names caches not joined: nowhere"):
+        open_joined(model, names, room=64, search=["nowhere"])
     stream = homer.ask(
         model,
         both.cache,
