@@ -167,7 +167,8 @@ class DocumentView:
     _offsets: list[int] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_lines", line_starts(self.text))
+        # A joined view names places through its parts, each with its own line starts.
+        object.__setattr__(self, "_lines", [] if self.parts else line_starts(self.text))
         offsets, at = [], 0
         for part in self.parts:
             offsets.append(at)
