@@ -625,6 +625,9 @@ def _ingest_library(
         from accelerate.utils import gather_object
 
         rows = gather_object(rows)
+        # Both ranks end the process group themselves once the results are gathered, rather
+        # than leave it to interpreter shutdown while the other rank may already be gone.
+        state.destroy_process_group()
         if not state.is_main_process:
             failed = sum(row["status"] == "failed" for row in rows)
             raise typer.Exit(1 if failed else 0)

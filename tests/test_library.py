@@ -359,7 +359,8 @@ def test_two_processes_under_accelerate_launch_split_a_library_and_resume_after_
     port = command.index("--main_process_port") + 1
     command[port] = str(_free_port())
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # A failure shows the ranks' own errors (first) and torchrun's summary (last).
+    assert done.returncode == 0, done.stderr[:2000] + " … " + done.stderr[-2000:]
     rows = json.loads(done.stdout.strip().splitlines()[-1])  # the main process prints them all
     assert sorted(Path(r["path"]).name for r in rows) == [f"doc{i}.txt" for i in range(6)]
     assert {r["name"] for r in rows if r["status"] == "reused"} >= saved_before
