@@ -212,11 +212,16 @@ def ask_homer(
     return answer, str(tokenizer.decode(cache.token_ids))
 
 
-def run_homer(model: Any, tokenizer: Any, text: str, method: Method, memo: Any) -> tuple[str, str]:
-    """HOMER's answer for `method` and the text of the tokens its cache kept."""
+def run_homer(
+    model: Any, tokenizer: Any, text: str, method: Method, memo: Any, max_chunk: int | None = None
+) -> tuple[str, str]:
+    """HOMER's answer for `method` and the text of the tokens its cache kept; `max_chunk` sets
+    the chunk and final-cache size (default: half the model's window)."""
     from homer.config import PAPER_WARMUP_FRACTION
 
     extra: dict[str, Any] = {}
+    if max_chunk is not None:
+        extra |= {"max_chunk_len": max_chunk, "target_len": max_chunk}
     if method.paper_warmup:
         extra["warmup_layers"] = round(model.config.num_hidden_layers * PAPER_WARMUP_FRACTION)
     config = homer_config(method.variant, **extra)
@@ -283,6 +288,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a model homer loads (default: embedded)")
+    parser.add_argument(
+        "--max-chunk",
+        type=int,
+        default=None,
+        help="HOMER's tokens per chunk and per layer of the final cache (default: half the window)",
+    )
     parser.add_argument("--name", default="passkey")
     args = parser.parse_args()
     unknown = set(args.methods) - set(METHODS)
@@ -317,7 +328,9 @@ def main() -> None:
                 began = time.perf_counter()
                 kept = None
                 if method.kind == "homer":
-                    answer, kept_text = run_homer(model, tokenizer, text, method, memo)
+                    answer, kept_text = run_homer(
+                        model, tokenizer, text, method, memo, args.max_chunk
+                    )
                     kept = str(key) in kept_text
                 else:
                     answer = run_plain(model, tokenizer, text, truncate=method.kind == "truncated")
@@ -335,6 +348,8 @@ def main() -> None:
                     "seconds": round(seconds, 2),
                     "peak_mib": round(peak, 1),
                 }
+                if args.max_chunk is not None and method.kind == "homer":
+                    record["max_chunk"] = args.max_chunk
                 records.append(record)
                 print(
                     f"{name:13s} {length:6d} depth={depth:.3f} key={key} "
