@@ -190,7 +190,8 @@ MaxChunkOpt = Annotated[
     int | None,
     typer.Option(
         "--max-chunk",
-        help="Tokens per chunk; default: half the model's window. Lower it if memory runs out.",
+        help="Tokens per chunk; default: half the model's window. Lower it if memory runs out, "
+        "or for a small model that does not read its whole window (Gemma-3-270m: 1024).",
         show_default=False,
     ),
 ]
