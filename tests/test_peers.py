@@ -143,3 +143,15 @@ def test_summary_pools_tasks_per_method_and_budget() -> None:
     assert homer["mean_score"] == pytest.approx(0.7)
     assert rows[0]["method"] == "plain"  # plain first, then homer, then the presses
     assert "| 4k | homer @87.5% | 100% (1) | 40% (1) |" in table
+
+
+def test_past_the_window_a_press_is_one_row_whatever_kvpress_rounds() -> None:
+    def past(kept_tokens: int) -> dict[str, object]:
+        return {
+            "method": "snapkv",
+            "view": "head",
+            "view_tokens": 8000,
+            "budget": f"{kept_tokens} kept",
+        }
+
+    assert label(past(4095)) == label(past(4096)) == "snapkv (head 8k) @4096 kept"
