@@ -12,8 +12,9 @@
 # 0.875 0.9375; --length 16000 --items 10).
 set -euo pipefail
 LOCK=/tmp/homer-heavy.lock
+ITEMS_REST=${ITEMS_REST:-10}
 RUN="python -m benchmarks.peers --length 2000 --items 20"
-REST="python -m benchmarks.peers --length 2000 --items ${ITEMS_REST:-10}"
+REST="python -m benchmarks.peers --length 2000 --items $ITEMS_REST"
 METHODS="plain homer snapkv expected_attention streaming_llm rerotated_expected_attention"
 NEEDLES="niah_single niah_multikey niah_multivalue niah_multiquery"
 TASKS="$NEEDLES vt cwe fwe"
@@ -28,10 +29,10 @@ for step in "${STEPS[@]}"; do
             --name peers_16k_niah_single ;;
     combine) python -m benchmarks.peers --combine \
          $(for n in $NEEDLES half; do echo peers_2k20_$n; done) \
-         $(for n in vt cwe fwe; do echo peers_2k${ITEMS_REST:-10}_$n; done) \
+         $(for n in vt cwe fwe; do echo peers_2k${ITEMS_REST}_$n; done) \
          peers_16k_niah_single --name peers ;;
     vt|cwe|fwe) flock $LOCK $REST --budgets 0.875 --methods $METHODS --tasks "$step" \
-         --name "peers_2k${ITEMS_REST:-10}_$step" ;;
+         --name "peers_2k${ITEMS_REST}_$step" ;;
     *) flock $LOCK $RUN --budgets 0.875 --methods $METHODS --tasks "$step" \
          --name "peers_2k20_$step" ;;
   esac
