@@ -10,7 +10,7 @@ import re
 import pytest
 
 from benchmarks.peers import ruler
-from benchmarks.peers.__main__ import kept, label, summary, wilson
+from benchmarks.peers.__main__ import kept, label, ratio_keeping, summary, wilson
 
 
 def words(text: str) -> int:
@@ -111,6 +111,13 @@ def test_wilson_interval() -> None:
 def test_budget_counts_as_kvpress_does() -> None:
     assert kept(4000, 0.875) == 500
     assert kept(3999, 0.5) == 1999
+
+
+def test_past_the_window_ratio_keeps_exactly_the_tokens_asked() -> None:
+    # 1 - 4096 / n alone keeps 4,095 of some of these contexts
+    contexts = range(8000, 8192)
+    assert any(kept(n, 1 - 4096 / n) == 4095 for n in contexts)
+    assert {kept(n, ratio_keeping(4096, n)) for n in contexts} == {4096}
 
 
 def test_summary_pools_tasks_per_method_and_budget() -> None:

@@ -105,8 +105,8 @@ def label(record: dict[str, Any]) -> str:
     if record["method"] in BUDGETED:
         budget = str(record["budget"])
         if budget.endswith(" kept"):
-            # past the window: kvpress's int() rounding keeps 4,095 of some contexts, 4,096 of
-            # others; one row for both
+            # past the window, runs saved before the ratio kept exactly 4,096 tokens have 4,095
+            # for some contexts (kvpress's int()); one row for both
             budget = f"{round(int(budget.split()[0]) / 64) * 64} kept"
         name += f" @{budget}"
     return name
@@ -248,6 +248,15 @@ class Prompt:
         elif view == "tail":
             document = document[-tokens:] if tokens else document
         return [*self.prefix, *document, *self.suffix]
+
+
+def ratio_keeping(tokens: int, context_tokens: int) -> float:
+    """The compression ratio at which kvpress keeps exactly `tokens` of `context_tokens`.
+
+    kvpress keeps int(n * (1 - ratio)); 1 - tokens / n lands a float error below `tokens` for
+    some n, so the ratio aims half a token above it.
+    """
+    return 1 - (tokens + 0.5) / context_tokens
 
 
 def kept(context_tokens: int, ratio: float) -> int:
@@ -440,8 +449,8 @@ def main() -> None:
                         else:
                             ids = prompt.context_ids(view, room if view != "full" else None)
                             if past and method != "plain":
-                                # as many tokens as homer's default cache keeps (half the window)
-                                ratio = 1 - (window // 2) / len(ids)
+                                # as many tokens as homer's default cache keeps
+                                ratio = ratio_keeping(window // 2, len(ids))
                             kv_runs.append(
                                 {
                                     "id": run_id,
